@@ -1,0 +1,5 @@
+import sys
+
+from ociresolve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""Reading an OCI bundle's ``config.json``: only the fields ociresolve uses, with a size cap."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from typing import Final
+
+import msgspec
+
+from ociresolve.errors import BundleError
+from ociresolve.ids import is_runtime_id
+from ociresolve.model import ContainerMeta
+from ociresolve.runtimes import normalize
+
+__all__ = [
+    "CONFIG_NAME",
+    "MAX_CONFIG_BYTES",
+    "Bundle",
+    "find_bundles",
+    "load_bundle",
+    "read_bundle",
+]
+
+CONFIG_NAME: Final = "config.json"
+# Real specs are 5-30 KB (a long environment can make them a few hundred); anything near this
+# is not a runtime's config.json.
+MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
+# containers-storage (cri-o, podman) keeps the bundle in <id>/userdata.
+_STORAGE_BUNDLE_DIR: Final = "userdata"
+
+
+class _Linux(msgspec.Struct):
+    cgroupsPath: str | None = None  # the OCI spec's name
+
+
+class _Spec(msgspec.Struct):
+    """The part of an OCI runtime spec ociresolve reads; every other field is skipped unparsed."""
+
+    annotations: dict[str, str] | None = None
+    linux: _Linux | None = None
+
+
+_decoder: Final = msgspec.json.Decoder(_Spec)
+
+
+class Bundle(msgspec.Struct, frozen=True, kw_only=True):
+    """What a bundle's ``config.json`` and its location say, before normalization.
+
+    ``container_id`` is the id its directory carries (containerd ``<id>/``, containers-storage
+    ``<id>/userdata/``) when it has the shape of a runtime-generated id, else ``None``.
+    """
+
+    path: str
+    container_id: str | None
+    annotations: dict[str, str]
+    cgroups_path: str | None
+
+
+def load_bundle(path: str | os.PathLike[str], *, container_id: str | None = None) -> Bundle:
+    """Read a bundle directory or its ``config.json``.
+
+    Raises ``BundleError``; its ``retryable`` is true for an empty, truncated or vanished
+    file, which a runtime that is still writing it will close again shortly.
+    """
+    config = os.fspath(path)
+    if os.path.isdir(config):
+        config = os.path.join(config, CONFIG_NAME)
+    data = _read_capped(config)
+    if not data.strip():
+        raise BundleError(config, "empty file (still being written?)", retryable=True)
+    try:
+        spec = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise BundleError(config, f"not an OCI runtime spec: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        truncated = "truncated" in str(exc)
+        reason = "truncated JSON (still being written?)" if truncated else f"invalid JSON: {exc}"
+        raise BundleError(config, reason, retryable=truncated) from exc
+    return Bundle(
+        path=config,
+        container_id=container_id or _directory_id(config),
+        annotations=spec.annotations or {},
+        cgroups_path=spec.linux.cgroupsPath if spec.linux else None,
+    )
+
+
+def read_bundle(
+    path: str | os.PathLike[str], *, container_id: str | None = None
+) -> ContainerMeta | None:
+    """The normalized record of a bundle, or ``None`` if it is not a Kubernetes container.
+
+    ``container_id`` overrides the id taken from the bundle's directory name.
+    Raises ``BundleError`` (see ``load_bundle``).
+    """
+    bundle = load_bundle(path, container_id=container_id)
+    return normalize(
+        bundle.annotations, container_id=bundle.container_id, cgroups_path=bundle.cgroups_path
+    )
+
+
+def find_bundles(root: str | os.PathLike[str]) -> Iterator[str]:
+    """Every ``config.json`` below ``root``, without descending into a bundle (its ``rootfs``
+    is a container's file system) and without following symbolic links."""
+    stack = [os.fspath(root)]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        if any(entry.name == CONFIG_NAME and entry.is_file() for entry in entries):
+            yield os.path.join(directory, CONFIG_NAME)
+            continue
+        stack.extend(
+            entry.path for entry in reversed(entries) if entry.is_dir(follow_symlinks=False)
+        )
+
+
+def _read_capped(path: str) -> bytes:
+    try:
+        # O_NONBLOCK: a FIFO planted as config.json must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError as exc:
+        raise BundleError(path, "no such file", retryable=True) from exc
+    except OSError as exc:
+        raise BundleError(path, exc.strerror or str(exc)) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BundleError(path, "not a regular file")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise BundleError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        retryable = exc.errno in (errno.ENOENT, errno.ESTALE)
+        raise BundleError(path, exc.strerror or str(exc), retryable=retryable) from exc
+    finally:
+        os.close(fd)
+
+
+def _directory_id(config: str) -> str | None:
+    directory = os.path.dirname(os.path.abspath(config))
+    name = os.path.basename(directory)
+    if name == _STORAGE_BUNDLE_DIR:
+        name = os.path.basename(os.path.dirname(directory))
+    return name if is_runtime_id(name) else None

@@ -1,0 +1,21 @@
+"""The errors ociresolve raises. A lookup miss is ``None``, never an exception."""
+
+from __future__ import annotations
+
+
+class OciresolveError(Exception):
+    """Base class of every error ociresolve raises on purpose."""
+
+
+class BundleError(OciresolveError):
+    """A bundle's ``config.json`` could not be read or decoded.
+
+    ``retryable`` is true when the file may simply be half-written (empty, truncated,
+    vanished while reading): a watcher should wait for the next close event and try again.
+    """
+
+    def __init__(self, path: str, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.retryable = retryable

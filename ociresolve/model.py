@@ -1,0 +1,44 @@
+"""The records ociresolve hands out: small, frozen, typed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+ContainerType = Literal["container", "sandbox"]
+
+
+class ContainerMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a container is, as far as the node knows. Unknown values are ``None``.
+
+    ``runtime`` is the runtime that wrote the record ("containerd", "cri-o", ...).
+    For a sandbox (the pod's pause/infra container) ``container_id == sandbox_id`` and
+    ``container_name`` is ``None``.
+    """
+
+    runtime: str
+    container_type: ContainerType
+    container_id: str | None = None
+    sandbox_id: str | None = None
+    pod_name: str | None = None
+    pod_namespace: str | None = None
+    pod_uid: str | None = None
+    container_name: str | None = None
+    image: str | None = None
+
+
+QosClass = Literal["guaranteed", "burstable", "besteffort"]
+
+
+class CgroupRef(msgspec.Struct, frozen=True, kw_only=True):
+    """What a cgroup path says about the container it belongs to.
+
+    ``runtime`` is only a hint from the path's shape (``cri-containerd-``, ``crio-``, ...);
+    a bare id under ``kubepods`` does not tell containerd from dockershim, so it is ``None``.
+    """
+
+    container_id: str
+    pod_uid: str | None = None
+    qos: QosClass | None = None
+    runtime: str | None = None
