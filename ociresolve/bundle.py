@@ -66,9 +66,12 @@ def load_bundle(path: str | os.PathLike[str], *, container_id: str | None = None
     file, which a runtime that is still writing it will close again shortly.
     """
     config = os.fspath(path)
-    if os.path.isdir(config):
+    data = _read_config(config)
+    if data is None:  # a bundle directory
         config = os.path.join(config, CONFIG_NAME)
-    data = _read_capped(config)
+        data = _read_config(config)
+        if data is None:
+            raise BundleError(config, "not a regular file")
     if not data.strip():
         raise BundleError(config, "empty file (still being written?)", retryable=True)
     try:
@@ -107,19 +110,20 @@ def find_bundles(root: str | os.PathLike[str]) -> Iterator[str]:
     stack = [os.fspath(root)]
     while stack:
         directory = stack.pop()
+        config = os.path.join(directory, CONFIG_NAME)
+        if os.path.isfile(config):
+            yield config
+            continue
         try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            with os.scandir(directory) as entries:
+                subdirectories = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
             continue
-        if any(entry.name == CONFIG_NAME and entry.is_file() for entry in entries):
-            yield os.path.join(directory, CONFIG_NAME)
-            continue
-        stack.extend(
-            entry.path for entry in reversed(entries) if entry.is_dir(follow_symlinks=False)
-        )
+        stack.extend(reversed(subdirectories))
 
 
-def _read_capped(path: str) -> bytes:
+def _read_config(path: str) -> bytes | None:
+    """The file's bytes, or ``None`` when ``path`` is a directory."""
     try:
         # O_NONBLOCK: a FIFO planted as config.json must not hang the reader.
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -128,16 +132,22 @@ def _read_capped(path: str) -> bytes:
     except OSError as exc:
         raise BundleError(path, exc.strerror or str(exc)) from exc
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        mode, size = info.st_mode, info.st_size
+        if stat.S_ISDIR(mode):
+            return None
+        if not stat.S_ISREG(mode):
             raise BundleError(path, "not a regular file")
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            size += len(chunk)
-            if size > MAX_CONFIG_BYTES:
-                raise BundleError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        if size > MAX_CONFIG_BYTES:
+            raise BundleError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
+        # One read of the size fstat gave, plus one byte to see a file still growing.
+        data = os.read(fd, size + 1)
+        if len(data) > size:
+            while chunk := os.read(fd, 65536):
+                data += chunk
+                if len(data) > MAX_CONFIG_BYTES:
+                    raise BundleError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
+        return data
     except OSError as exc:
         retryable = exc.errno in (errno.ENOENT, errno.ESTALE)
         raise BundleError(path, exc.strerror or str(exc), retryable=retryable) from exc
@@ -146,8 +156,11 @@ def _read_capped(path: str) -> bytes:
 
 
 def _directory_id(config: str) -> str | None:
-    directory = os.path.dirname(os.path.abspath(config))
+    directory = os.path.dirname(config)
     name = os.path.basename(directory)
+    if name in ("", ".", ".."):
+        directory = os.path.dirname(os.path.abspath(config))
+        name = os.path.basename(directory)
     if name == _STORAGE_BUNDLE_DIR:
         name = os.path.basename(os.path.dirname(directory))
     return name if is_runtime_id(name) else None

@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from ociresolve.runtimes._keys import KUBELET_LABELS, Found, KeyTable, json_object, pick
+from ociresolve.runtimes._keys import (
+    KUBELET_LABELS,
+    Found,
+    KeyTable,
+    json_object,
+    pick,
+    setdefault_str,
+)
 
 NAME: Final = "cri-o"
 KUBERNETES: Final = True
@@ -46,29 +53,27 @@ _POD_NAME_FIELDS: Final = ("pod_name", "pod_namespace", "pod_uid")
 
 
 def complete(annotations: Mapping[str, str], found: Found) -> None:
-    """Fill what the plain keys lacked: labels blob, then metadata blob, then composite names."""
+    """Fill what the plain keys lacked: labels blob, then metadata blob, then composite names.
+
+    Kubelet-made pods have every plain key, so the blobs are decoded only when one is missing.
+    """
     if found.get("spoofed") == "true":
         found.setdefault("container_type", "sandbox")
+    is_sandbox = found.get("container_type") == "sandbox"
+    wanted = _POD_NAME_FIELDS if is_sandbox else ("container_name", *_POD_NAME_FIELDS)
+    if all(field in found for field in wanted):
+        return
     pick(json_object(found.get("labels")), KUBELET_LABELS, found)
 
-    is_sandbox = found.get("container_type") == "sandbox"
     metadata = {str(k).lower(): v for k, v in json_object(found.get("metadata")).items()}
     if is_sandbox:
         for field, key in zip(_POD_NAME_FIELDS, ("name", "namespace", "uid"), strict=True):
-            value = metadata.get(key)
-            if isinstance(value, str) and value:
-                found.setdefault(field, value)
+            setdefault_str(found, field, metadata.get(key))
     else:
-        name = metadata.get("name")
-        if isinstance(name, str) and name:
-            found.setdefault("container_name", name)
+        setdefault_str(found, "container_name", metadata.get("name"))
 
     _from_k8s_name(found.get("sandbox_name"), _POD_NAME_FIELDS, found)
-    container_name = found.get("name")
-    if is_sandbox:
-        _from_k8s_name(container_name, _POD_NAME_FIELDS, found)
-    else:
-        _from_k8s_name(container_name, ("container_name", *_POD_NAME_FIELDS), found)
+    _from_k8s_name(found.get("name"), wanted, found)
 
 
 def _from_k8s_name(name: str | None, fields: tuple[str, ...], found: Found) -> None:
