@@ -1,0 +1,43 @@
+# The README's commands. `make demo` runs the main job end to end on a real containerd;
+# `make test` runs lint, types and every test. Both install what they need first
+# (system packages need root; without root the end-to-end tests skip, with the reason).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: all system venv lint test demo bench proto clean
+
+all: test
+
+system:
+	@if [ "$$(id -u)" = 0 ]; then scripts/install-system; \
+	else echo "not root: skipping system packages (end-to-end tests will skip)"; fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,metrics]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: system venv lint
+	$(PY) -m pytest
+
+demo: system venv
+	$(PY) scripts/demo.py
+
+bench: venv
+	$(PY) bench/parsers.py
+
+proto: venv
+	PYTHON=$(PY) scripts/gen-proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

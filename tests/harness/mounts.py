@@ -1,0 +1,41 @@
+"""The host's mount table, as this process sees it (``/proc/self/mounts``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MOUNTS_FILE = Path("/proc/self/mounts")
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    source: str
+    target: Path
+    fstype: str
+    options: tuple[str, ...]
+
+
+def _unescape(field: str) -> str:
+    """Undo the kernel's octal escapes (``\\040`` is a space, ``\\134`` a backslash)."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_table(mounts_file: Path = MOUNTS_FILE) -> list[MountEntry]:
+    entries = []
+    for line in mounts_file.read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        entries.append(
+            MountEntry(
+                _unescape(fields[0]),
+                Path(_unescape(fields[1])),
+                fields[2],
+                tuple(fields[3].split(",")),
+            )
+        )
+    return entries
