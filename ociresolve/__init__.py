@@ -1,23 +1,29 @@
 """ociresolve: which Kubernetes pod and container a PID or cgroup belongs to, from the node alone.
 
 The public API is what ``__all__`` lists; every other module is private. Importing this
-package starts no thread, opens no file and no socket.
+package starts no thread, opens no file and no socket; a ``Resolver`` does so only once started.
 """
 
 from __future__ import annotations
 
 from ociresolve.bundle import Bundle, find_bundles, load_bundle, read_bundle
 from ociresolve.cgroup import parse_cgroup
-from ociresolve.errors import BundleError, OciresolveError
-from ociresolve.model import CgroupRef, ContainerMeta
+from ociresolve.errors import BundleError, OciresolveError, ProcessNotFound
+from ociresolve.model import CgroupRef, Change, ContainerMeta, IndexedContainer, Resolution
+from ociresolve.resolver import Resolver
 from ociresolve.runtimes import detect_runtime, normalize
 
 __all__ = [
     "Bundle",
     "BundleError",
     "CgroupRef",
+    "Change",
     "ContainerMeta",
+    "IndexedContainer",
     "OciresolveError",
+    "ProcessNotFound",
+    "Resolution",
+    "Resolver",
     "detect_runtime",
     "find_bundles",
     "load_bundle",

@@ -33,7 +33,7 @@ from typing import Final
 from ociresolve.ids import is_runtime_id
 from ociresolve.model import CgroupRef, QosClass
 
-__all__ = ["parse_cgroup", "pod_uid_from_path"]
+__all__ = ["cgroup_dir", "parse_cgroup", "pod_uid_from_path"]
 
 # The prefix of a systemd scope (``<prefix>-<id>.scope``) or of the middle part of a
 # ``<slice>:<prefix>:<id>`` cgroupsPath -> the runtime it reveals. ``None``: a runtime helper
@@ -83,6 +83,24 @@ def pod_uid_from_path(path: str) -> str | None:
         if pod is not None:
             return pod[0]
     return None
+
+
+def cgroup_dir(cgroups_path: str) -> str:
+    """The directory, relative to a cgroup mount, that an OCI ``linux.cgroupsPath`` names.
+
+    The systemd driver's ``<slice>:<prefix>:<name>`` is the scope ``<prefix>-<name>.scope``
+    inside the slice's nested directories (``a-b.slice`` lives in ``a.slice/a-b.slice``,
+    systemd.slice(5)); a cgroupfs path is already a directory path.
+    """
+    if cgroups_path.startswith("/") or cgroups_path.count(":") != 2:
+        return cgroups_path.strip("/")
+    slice_name, prefix, name = cgroups_path.split(":")
+    parts: list[str] = []
+    if slice_name.endswith(".slice") and slice_name != "-.slice":
+        words = slice_name[: -len(".slice")].split("-")
+        parts = ["-".join(words[: n + 1]) + ".slice" for n in range(len(words))]
+    scope = f"{prefix}-{name}.scope" if prefix else name
+    return "/".join([*parts, scope])
 
 
 def _parse_file(text: str) -> CgroupRef | None:

@@ -11,7 +11,7 @@ from typing import Any, Final
 import msgspec
 
 import ociresolve
-from ociresolve.output import json_line, short_id, table
+from ociresolve.output import json_line, printable, short_id, table
 
 EXIT_OK: Final = 0
 EXIT_NOT_KUBERNETES: Final = 1
@@ -57,7 +57,100 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("paths", nargs="+", metavar="PATH")
     inspect.add_argument("--json", action="store_true", help="one JSON object per line")
     inspect.set_defaults(run=_inspect)
+
+    lookup = commands.add_parser(
+        "lookup",
+        help="the pod and container a process runs in",
+        description="Exit 0 with the record when PID is in a container, 1 when it is a host "
+        "process, 2 when there is no such process or on errors.",
+    )
+    lookup.add_argument("pid", type=int, metavar="PID")
+    lookup.add_argument("--json", action="store_true", help="one JSON object")
+    _node_options(lookup)
+    lookup.set_defaults(run=_lookup)
+
+    listing = commands.add_parser("list", help="the containers on this node")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    _node_options(listing)
+    listing.set_defaults(run=_list)
     return parser
+
+
+def _node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host-root",
+        default="/",
+        metavar="DIR",
+        help="where the host's file systems are mounted (default: /)",
+    )
+    parser.add_argument(
+        "--runtime-root",
+        action="append",
+        dest="runtime_roots",
+        metavar="DIR",
+        help="a runtime state directory, on the host (repeatable; default: containerd, k3s, "
+        "cri-o and podman's)",
+    )
+
+
+def _resolver(args: argparse.Namespace) -> ociresolve.Resolver:
+    return ociresolve.Resolver(host_root=args.host_root, runtime_roots=args.runtime_roots)
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    resolver = _resolver(args)
+    try:
+        answer = resolver.resolve_pid(args.pid)
+    except ociresolve.OciresolveError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    if answer is None:
+        _error(f"pid {args.pid} is not in a container")
+        return EXIT_NOT_KUBERNETES
+    record = resolver.container(answer.meta.container_id or "")
+    row = msgspec.structs.asdict(answer.meta)
+    row.update(pid=args.pid, source=answer.source)
+    if args.json:
+        print(json_line(row))
+    else:
+        init_pid = record.pid if record is not None else None
+        row.update(init_pid=init_pid)
+        width = max(map(len, row))
+        for key, value in row.items():
+            print(f"{key:<{width}}  {printable(value)}")
+    return EXIT_OK
+
+
+_LIST_COLUMNS: Final = ("NAMESPACE", "POD", "CONTAINER", "TYPE", "RUNTIME", "ID", "PID")
+
+
+def _list(args: argparse.Namespace) -> int:
+    records = _resolver(args).scan().containers()
+    records.sort(key=lambda r: (r.meta.pod_namespace or "", r.meta.pod_name or "", r.bundle))
+    if args.json:
+        for record in records:
+            row = msgspec.structs.asdict(record.meta)
+            row.update(pid=record.pid, cgroup_id=record.cgroup_id, bundle=record.bundle)
+            print(json_line(row))
+        return EXIT_OK
+    print(
+        table(
+            _LIST_COLUMNS,
+            (
+                (
+                    r.meta.pod_namespace,
+                    r.meta.pod_name,
+                    r.meta.container_name,
+                    r.meta.container_type,
+                    r.meta.runtime,
+                    short_id(r.meta.container_id),
+                    r.pid,
+                )
+                for r in records
+            ),
+        )
+    )
+    return EXIT_OK
 
 
 def _inspect(args: argparse.Namespace) -> int:

@@ -19,3 +19,11 @@ class BundleError(OciresolveError):
         self.path = path
         self.reason = reason
         self.retryable = retryable
+
+
+class ProcessNotFound(OciresolveError):
+    """No process with this PID (it never existed, or exited)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(f"no such process: pid {pid}")
+        self.pid = pid

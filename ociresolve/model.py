@@ -42,3 +42,33 @@ class CgroupRef(msgspec.Struct, frozen=True, kw_only=True):
     pod_uid: str | None = None
     qos: QosClass | None = None
     runtime: str | None = None
+
+
+Change = Literal["added", "updated", "removed"]
+
+
+class IndexedContainer(msgspec.Struct, frozen=True, kw_only=True):
+    """A container as the live index knows it.
+
+    ``bundle`` is its bundle directory, ``cgroups_path`` its spec's ``linux.cgroupsPath``.
+    ``pid`` is the init process's PID from the runtime's pid file, ``cgroup_id`` the inode of
+    its cgroup v2 directory (what BPF's ``bpf_get_current_cgroup_id()`` returns), each ``None``
+    until known. ``removed`` is true during the grace period after the container went away.
+    """
+
+    meta: ContainerMeta
+    bundle: str
+    cgroups_path: str | None = None
+    pid: int | None = None
+    cgroup_id: int | None = None
+    removed: bool = False
+
+
+Source = Literal["index", "bundle"]
+
+
+class Resolution(msgspec.Struct, frozen=True, kw_only=True):
+    """An answer and where it came from: the live ``index``, or a ``bundle`` read on a miss."""
+
+    meta: ContainerMeta
+    source: Source

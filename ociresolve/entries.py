@@ -1,0 +1,71 @@
+"""From a bundle directory on disk to an index record: spec, init PID, cgroup id."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import msgspec
+
+from ociresolve.bundle import load_bundle
+from ociresolve.cgroup import cgroup_dir
+from ociresolve.hostpaths import HostPaths, Layout
+from ociresolve.model import IndexedContainer
+from ociresolve.runtimes import normalize
+
+log = logging.getLogger(__name__)
+
+
+def read_entry(paths: HostPaths, bundle: str, layout: Layout) -> IndexedContainer | None:
+    """The record of the bundle in ``bundle``, or ``None`` if it is not a Kubernetes container.
+
+    Raises ``BundleError`` (``retryable`` while ``config.json`` is missing or half-written).
+    """
+    spec = load_bundle(bundle)
+    meta = normalize(
+        spec.annotations, container_id=spec.container_id, cgroups_path=spec.cgroups_path
+    )
+    if meta is None or meta.container_id is None:
+        return None
+    record = IndexedContainer(
+        meta=meta,
+        bundle=bundle,
+        cgroups_path=spec.cgroups_path,
+        pid=read_pid_file(os.path.join(bundle, layout.pid_file)),
+    )
+    return with_cgroup_id(paths, record)
+
+
+def with_cgroup_id(paths: HostPaths, record: IndexedContainer) -> IndexedContainer:
+    """``record`` with its cgroup id, if its cgroup v2 directory exists now."""
+    if record.cgroup_id is not None or not record.cgroups_path:
+        return record
+    directory = paths.cgroup2_dir(cgroup_dir(record.cgroups_path))
+    if directory is None:
+        return record
+    try:
+        inode = os.stat(directory).st_ino
+    except OSError:
+        return record  # not created yet (the container has not started), or gone
+    return msgspec.structs.replace(record, cgroup_id=inode)
+
+
+def with_pid(paths: HostPaths, record: IndexedContainer, layout: Layout) -> IndexedContainer:
+    pid = read_pid_file(os.path.join(record.bundle, layout.pid_file))
+    if pid is not None and pid != record.pid:
+        record = msgspec.structs.replace(record, pid=pid)
+    return with_cgroup_id(paths, record)
+
+
+def read_pid_file(path: str) -> int | None:
+    try:
+        with open(path, "rb") as file:
+            text = file.read(32)
+    except OSError:
+        return None
+    try:
+        pid = int(text.strip() or b"0")
+    except ValueError:
+        log.warning("%s: not a PID: %r", path, text)
+        return None
+    return pid if pid > 0 else None

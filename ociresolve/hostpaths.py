@@ -1,0 +1,117 @@
+"""Every path ociresolve reads on a host, under one ``host_root`` prefix.
+
+Nothing else in the package names a host path. In a container (the DaemonSet), ``host_root``
+is where the host's file systems are mounted; on the node itself it is ``/``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+import msgspec
+
+# Runtime state directories watched when none are given.
+DEFAULT_RUNTIME_ROOTS: Final = (
+    "/run/containerd",  # containerd
+    "/run/k3s/containerd",  # k3s, RKE2
+    "/run/containers/storage",  # cri-o (containers-storage run root)
+    "/var/lib/containers/storage",  # podman (containers-storage graph root)
+)
+
+
+class Layout(msgspec.Struct, frozen=True):
+    """Where a runtime keeps its bundles below a runtime root.
+
+    ``levels`` are the directory names from the root down to the bundle directory; ``*`` is
+    any name (a namespace, a container id). ``id_level`` is the level whose name is the
+    container id; ``pid_file`` is the file in the bundle holding the init process's PID.
+    """
+
+    levels: tuple[str, ...]
+    id_level: int
+    pid_file: str
+
+
+LAYOUTS: Final = (
+    # containerd's shim v2 tasks: <state>/io.containerd.runtime.v2.task/<namespace>/<id>/
+    Layout(("io.containerd.runtime.v2.task", "*", "*"), 2, "init.pid"),
+    # containerd's legacy v1 runtime: <state>/io.containerd.runtime.v1.linux/<namespace>/<id>/
+    Layout(("io.containerd.runtime.v1.linux", "*", "*"), 2, "init.pid"),
+    # containers-storage (cri-o, podman): <root>/overlay-containers/<id>/userdata/
+    Layout(("overlay-containers", "*", "userdata"), 1, "pidfile"),
+)
+
+# cgroup v2 mount points, in the order they are tried: unified (v2 only), then hybrid.
+_CGROUP2_MOUNTS: Final = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
+
+
+class HostPaths:
+    """The host's ``/proc``, cgroup v2 mount and runtime roots, all below ``host_root``."""
+
+    def __init__(self, host_root: str = "/", runtime_roots: Sequence[str] | None = None) -> None:
+        self.host_root = os.path.abspath(host_root)
+        roots = DEFAULT_RUNTIME_ROOTS if runtime_roots is None else tuple(runtime_roots)
+        self.runtime_roots: tuple[str, ...] = tuple(self.host(root) for root in roots)
+        self._proc = self.host("/proc")
+        self._cgroup2: str | None = None
+        self._cgroup2_known = False
+
+    def host(self, path: str) -> str:
+        """``path`` (absolute, on the host) as seen from here."""
+        if self.host_root == "/":
+            return os.path.normpath(path)
+        return os.path.normpath(os.path.join(self.host_root, path.lstrip("/")))
+
+    def proc_cgroup(self, pid: int) -> str:
+        return f"{self._proc}/{pid}/cgroup"
+
+    def proc_dir(self, pid: int) -> str:
+        return f"{self._proc}/{pid}"
+
+    @property
+    def cgroup2(self) -> str | None:
+        """The cgroup v2 mount (whose directory inodes are BPF's cgroup ids), or ``None``."""
+        if not self._cgroup2_known:
+            self._cgroup2_known = True
+            self._cgroup2 = next(
+                (
+                    path
+                    for path in map(self.host, _CGROUP2_MOUNTS)
+                    if os.path.exists(os.path.join(path, "cgroup.controllers"))
+                ),
+                None,
+            )
+        return self._cgroup2
+
+    def cgroup2_dir(self, relative: str) -> str | None:
+        """The directory of a cgroup v2 path relative to the mount, or ``None`` without v2."""
+        mount = self.cgroup2
+        return None if mount is None else os.path.join(mount, relative.lstrip("/"))
+
+    def bundle_candidates(self, container_id: str) -> Iterator[tuple[str, Layout]]:
+        """The bundle directories where a container with this id could be, existing or not."""
+        for root in self.runtime_roots:
+            for layout in LAYOUTS:
+                yield from _expand(root, layout, container_id)
+
+
+def _expand(root: str, layout: Layout, container_id: str) -> Iterator[tuple[str, Layout]]:
+    paths = [root]
+    for level, name in enumerate(layout.levels):
+        if level == layout.id_level:
+            paths = [os.path.join(p, container_id) for p in paths]
+        elif name == "*":
+            paths = [os.path.join(p, child) for p in paths for child in _children(p)]
+        else:
+            paths = [os.path.join(p, name) for p in paths]
+    for path in paths:
+        yield path, layout
+
+
+def _children(directory: str) -> list[str]:
+    try:
+        return [name for name in os.listdir(directory) if not name.startswith(".")]
+    except OSError:
+        return []

@@ -1,0 +1,247 @@
+"""The in-memory index: container id -> record, cgroup id -> record, and tombstones.
+
+Lookups are single ``dict.get`` calls with no lock (atomic under the GIL); writers hold one
+lock. Removed containers stay resolvable for ``grace_period`` seconds, then ``expire()``
+drops them; the number of tombstones is capped so that endless churn keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+
+from ociresolve.model import Change, ContainerMeta, IndexedContainer
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[IndexedContainer, Change], None]
+
+MAX_TOMBSTONES: Final = 10_000
+SUBSCRIBER_QUEUE: Final = 10_000
+
+
+class Index:
+    def __init__(
+        self,
+        *,
+        grace_period: float = 5.0,
+        max_tombstones: int = MAX_TOMBSTONES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.grace_period = grace_period
+        self.max_tombstones = max_tombstones
+        self._clock = clock
+        self._lock = threading.Lock()
+        # The hot paths read these two directly.
+        self.meta_by_id: dict[str, ContainerMeta] = {}
+        self.meta_by_cgroup: dict[int, ContainerMeta] = {}
+        self._records: dict[str, IndexedContainer] = {}
+        self._by_bundle: dict[str, str] = {}
+        self._tombstones: OrderedDict[str, float] = OrderedDict()  # id -> removal time
+        # Containers of containerd < 1.6.11 lack the pod UID: their sandbox has it.
+        self._waiting_for_uid: dict[str, set[str]] = {}
+        self._subscribers: list[_Subscription] = []
+        # Bumped on every change: a cached miss is only valid for the generation it saw.
+        self.generation = 0
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, container_id: str) -> IndexedContainer | None:
+        return self._records.get(container_id)
+
+    def by_bundle(self, bundle: str) -> IndexedContainer | None:
+        container_id = self._by_bundle.get(bundle)
+        return None if container_id is None else self._records.get(container_id)
+
+    def records(self) -> list[IndexedContainer]:
+        return list(self._records.values())
+
+    def unmapped(self) -> list[IndexedContainer]:
+        """Live containers whose cgroup id is not known yet (their cgroup may not exist yet)."""
+        return [r for r in list(self._records.values()) if r.cgroup_id is None and not r.removed]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put(self, record: IndexedContainer) -> None:
+        """Add or replace a container's record (a rewritten config, a PID or cgroup learned)."""
+        with self._lock:
+            record = self._join_sandbox(record)
+            container_id = record.meta.container_id
+            if container_id is None:
+                return
+            old = self._records.get(container_id)
+            if old == record:
+                return
+            if old is not None and old.cgroup_id is not None and old.cgroup_id != record.cgroup_id:
+                self.meta_by_cgroup.pop(old.cgroup_id, None)
+            self._tombstones.pop(container_id, None)
+            self._records[container_id] = record
+            self.meta_by_id[container_id] = record.meta
+            self._by_bundle[record.bundle] = container_id
+            if record.cgroup_id is not None:
+                self.meta_by_cgroup[record.cgroup_id] = record.meta
+            if record.meta.container_type == "sandbox" and record.meta.pod_uid:
+                self._give_uid(container_id, record.meta.pod_uid)
+            change: Change = "added" if old is None or old.removed else "updated"
+            self.generation += 1
+        self._publish(record, change)
+
+    def remove_bundle(self, bundle: str) -> None:
+        """The bundle directory went away: keep its container resolvable for the grace period."""
+        with self._lock:
+            container_id = self._by_bundle.pop(bundle, None)
+            record = None if container_id is None else self._records.get(container_id)
+            if record is None or record.removed or container_id is None:
+                return
+            record = msgspec.structs.replace(record, removed=True)
+            self._records[container_id] = record
+            self._tombstones[container_id] = self._clock()
+            self._drop_excess_tombstones()
+        self._publish(record, "removed")
+
+    def remove_below(self, directory: str) -> None:
+        """Every bundle below a removed directory (a namespace, a containers-storage id dir)."""
+        prefix = directory.rstrip("/") + "/"
+        for bundle in [b for b in list(self._by_bundle) if b.startswith(prefix)]:
+            self.remove_bundle(bundle)
+
+    def bundles(self) -> set[str]:
+        return set(self._by_bundle)
+
+    def expire(self) -> int:
+        """Forget containers removed more than ``grace_period`` ago; return how many."""
+        deadline = self._clock() - self.grace_period
+        expired = 0
+        with self._lock:
+            while self._tombstones:
+                container_id, removed_at = next(iter(self._tombstones.items()))
+                if removed_at > deadline:
+                    break
+                self._forget(container_id)
+                expired += 1
+        return expired
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(record, change)`` on every change, from a thread of its own.
+
+        A slow subscriber only fills its own bounded queue (changes beyond it are dropped and
+        logged); it never stalls the watcher. Returns a function that unsubscribes.
+        """
+        subscription = _Subscription(callback)
+        with self._lock:
+            self._subscribers.append(subscription)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if subscription in self._subscribers:
+                    self._subscribers.remove(subscription)
+            subscription.close()
+
+        return unsubscribe
+
+    def close(self) -> None:
+        with self._lock:
+            subscribers, self._subscribers = self._subscribers, []
+        for subscription in subscribers:
+            subscription.close()
+
+    # -- internals (lock held) -----------------------------------------------------------------
+
+    def _forget(self, container_id: str) -> None:
+        self._tombstones.pop(container_id, None)
+        record = self._records.pop(container_id, None)
+        self.meta_by_id.pop(container_id, None)
+        if record is not None:
+            if record.cgroup_id is not None:
+                self.meta_by_cgroup.pop(record.cgroup_id, None)
+            if self._by_bundle.get(record.bundle) == container_id:
+                del self._by_bundle[record.bundle]
+            sandbox_id = record.meta.sandbox_id
+            waiting = self._waiting_for_uid.get(sandbox_id or "")
+            if waiting is not None:
+                waiting.discard(container_id)
+                if not waiting:
+                    del self._waiting_for_uid[sandbox_id or ""]
+
+    def _drop_excess_tombstones(self) -> None:
+        while len(self._tombstones) > self.max_tombstones:
+            self._forget(next(iter(self._tombstones)))
+
+    def _join_sandbox(self, record: IndexedContainer) -> IndexedContainer:
+        meta = record.meta
+        if meta.pod_uid or meta.container_type != "container" or not meta.sandbox_id:
+            return record
+        sandbox = self.meta_by_id.get(meta.sandbox_id)
+        if sandbox is not None and sandbox.pod_uid:
+            return msgspec.structs.replace(
+                record, meta=msgspec.structs.replace(meta, pod_uid=sandbox.pod_uid)
+            )
+        if meta.container_id:
+            self._waiting_for_uid.setdefault(meta.sandbox_id, set()).add(meta.container_id)
+        return record
+
+    def _give_uid(self, sandbox_id: str, uid: str) -> None:
+        for container_id in self._waiting_for_uid.pop(sandbox_id, ()):
+            record = self._records.get(container_id)
+            if record is None or record.meta.pod_uid:
+                continue
+            meta = msgspec.structs.replace(record.meta, pod_uid=uid)
+            record = msgspec.structs.replace(record, meta=meta)
+            self._records[container_id] = record
+            self.meta_by_id[container_id] = meta
+            if record.cgroup_id is not None:
+                self.meta_by_cgroup[record.cgroup_id] = meta
+
+    def _publish(self, record: IndexedContainer, change: Change) -> None:
+        for subscription in list(self._subscribers):
+            subscription.offer(record, change)
+
+
+class _Subscription:
+    def __init__(self, callback: Subscriber) -> None:
+        self._callback = callback
+        self._queue: queue.Queue[tuple[IndexedContainer, Change] | None] = queue.Queue(
+            SUBSCRIBER_QUEUE
+        )
+        self.dropped = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ociresolve-subscriber", daemon=True)
+        self._thread.start()
+
+    def offer(self, record: IndexedContainer, change: Change) -> None:
+        try:
+            self._queue.put_nowait((record, change))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning("slow subscriber %r: %d changes dropped", self._callback, self.dropped)
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)  # wakes the thread; a full queue is drained instead
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        while not self._closed:
+            item = self._queue.get()
+            if item is None:
+                break
+            try:
+                self._callback(*item)
+            except Exception:
+                log.exception("subscriber %r failed", self._callback)
