@@ -16,7 +16,7 @@ def test_import_has_no_side_effects() -> None:
         after = set(os.listdir("/proc/self/fd"))
         assert threading.active_count() == 1, threading.enumerate()
         assert before == after, (before, after)
-        lazy = ("grpc", "google.protobuf", "bcc", "inotify_simple")
+        lazy = ("grpc", "google.protobuf", "bcc")
         heavy = [m for m in lazy if m in sys.modules]
         assert not heavy, heavy
         print(sorted(ociresolve.__all__))
