@@ -101,11 +101,19 @@ def _lookup(args: argparse.Namespace) -> int:
     resolver = _resolver(args)
     try:
         answer = resolver.resolve_pid(args.pid)
+        ref = None if answer is not None else resolver.cgroup_of(args.pid)
     except ociresolve.OciresolveError as exc:
         _error(str(exc))
         return EXIT_ERROR
     if answer is None:
-        _error(f"pid {args.pid} is not in a container")
+        if ref is None:
+            _error(f"pid {args.pid} is not in a container")
+        else:
+            _error(
+                f"pid {args.pid} is in container {short_id(ref.container_id)}, which is not a "
+                "Kubernetes container of the runtimes under "
+                + ", ".join(resolver.paths.runtime_roots)
+            )
         return EXIT_NOT_KUBERNETES
     record = resolver.container(answer.meta.container_id or "")
     row = msgspec.structs.asdict(answer.meta)

@@ -73,8 +73,12 @@ class Index:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def put(self, record: IndexedContainer) -> None:
-        """Add or replace a container's record (a rewritten config, a PID or cgroup learned)."""
+    def put(self, record: IndexedContainer, *, only_if_live: bool = False) -> None:
+        """Add or replace a container's record (a rewritten config, a PID or cgroup learned).
+
+        ``only_if_live``: update a live record of the same bundle, never add or revive one
+        (for facts learned outside the watcher, which may race with the container's removal).
+        """
         with self._lock:
             record = self._join_sandbox(record)
             container_id = record.meta.container_id
@@ -82,6 +86,8 @@ class Index:
                 return
             old = self._records.get(container_id)
             if old == record:
+                return
+            if only_if_live and (old is None or old.removed or old.bundle != record.bundle):
                 return
             if old is not None and old.cgroup_id is not None and old.cgroup_id != record.cgroup_id:
                 self.meta_by_cgroup.pop(old.cgroup_id, None)

@@ -16,7 +16,7 @@ from ociresolve.entries import read_entry, with_cgroup_id
 from ociresolve.errors import BundleError, OciresolveError, ProcessNotFound
 from ociresolve.hostpaths import HostPaths
 from ociresolve.index import Index, Subscriber
-from ociresolve.model import ContainerMeta, IndexedContainer, Resolution
+from ociresolve.model import CgroupRef, ContainerMeta, IndexedContainer, Resolution
 from ociresolve.watcher import Watcher
 
 # /proc/<pid>/cgroup is a few hundred bytes; a v1 host with many hierarchies stays under this.
@@ -96,23 +96,23 @@ class Resolver:
 
         Raises ``ProcessNotFound`` when there is no such process.
         """
-        container_id = self._container_id_of(pid)
-        if container_id is None:
+        ref = self.cgroup_of(pid)
+        if ref is None:
             return None
-        return self._by_id.get(container_id) or self._container_miss(container_id)
+        return self._by_id.get(ref.container_id) or self._container_miss(ref.container_id)
 
     def lookup_container(self, container_id: str) -> ContainerMeta | None:
         return self._by_id.get(container_id) or self._container_miss(container_id)
 
     def resolve_pid(self, pid: int) -> Resolution | None:
         """``lookup_pid`` that also says where the answer came from."""
-        container_id = self._container_id_of(pid)
-        if container_id is None:
+        ref = self.cgroup_of(pid)
+        if ref is None:
             return None
-        meta = self._by_id.get(container_id)
+        meta = self._by_id.get(ref.container_id)
         if meta is not None:
             return Resolution(meta=meta, source="index")
-        meta = self._container_miss(container_id)
+        meta = self._container_miss(ref.container_id)
         return None if meta is None else Resolution(meta=meta, source="bundle")
 
     def container(self, container_id: str) -> IndexedContainer | None:
@@ -127,9 +127,13 @@ class Resolver:
         """``callback(record, change)`` for every added, updated and removed container."""
         return self.index.subscribe(callback)
 
-    # -- misses --------------------------------------------------------------------------------
+    # -- the live cgroup, and misses ------------------------------------------------------------
 
-    def _container_id_of(self, pid: int) -> str | None:
+    def cgroup_of(self, pid: int) -> CgroupRef | None:
+        """What the live cgroup of ``pid`` says: its container id, or ``None`` on the host.
+
+        Raises ``ProcessNotFound`` when there is no such process.
+        """
         path = self._proc_cgroup % pid
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -143,8 +147,7 @@ class Resolver:
             raise ProcessNotFound(pid) from None
         finally:
             os.close(fd)
-        ref = parse_cgroup(data.decode(errors="replace"))
-        return None if ref is None else ref.container_id
+        return parse_cgroup(data.decode(errors="replace"))
 
     def _container_miss(self, container_id: str) -> ContainerMeta | None:
         """Not indexed (yet): read the container's bundle from disk and index it."""
@@ -155,6 +158,9 @@ class Resolver:
                 continue
             if record is not None:
                 self.index.put(record)
+                if not os.path.isdir(bundle):
+                    # Removed while we read it, maybe before the watcher knew of it: no ghost.
+                    self.index.remove_bundle(bundle)
                 return record.meta
         return None
 
@@ -170,7 +176,7 @@ class Resolver:
         for record in self.index.unmapped():
             mapped = with_cgroup_id(self.paths, record)
             if mapped.cgroup_id is not None:
-                self.index.put(mapped)
+                self.index.put(mapped, only_if_live=True)
                 if mapped.cgroup_id == cgroup_id:
                     return mapped.meta
         if len(self._unknown_cgroups) > 4096:

@@ -192,7 +192,7 @@ class Watcher:
         elif name == watch.layout.pid_file:
             record = self.index.by_bundle(watch.path)
             if record is not None:
-                self.index.put(with_pid(self.paths, record, watch.layout))
+                self.index.put(with_pid(self.paths, record, watch.layout), only_if_live=True)
 
     # -- watching and scanning -----------------------------------------------------------------
 
