@@ -132,9 +132,19 @@ def _lookup(args: argparse.Namespace) -> int:
 _LIST_COLUMNS: Final = ("NAMESPACE", "POD", "CONTAINER", "TYPE", "RUNTIME", "ID", "PID")
 
 
+def _list_order(record: ociresolve.IndexedContainer) -> tuple[str, str, bool, str]:
+    meta = record.meta
+    return (
+        meta.pod_namespace or "",
+        meta.pod_name or "",
+        meta.container_type != "sandbox",
+        meta.container_name or "",
+    )
+
+
 def _list(args: argparse.Namespace) -> int:
     records = _resolver(args).scan().containers()
-    records.sort(key=lambda r: (r.meta.pod_namespace or "", r.meta.pod_name or "", r.bundle))
+    records.sort(key=_list_order)
     if args.json:
         for record in records:
             row = msgspec.structs.asdict(record.meta)
