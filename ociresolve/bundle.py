@@ -67,6 +67,8 @@ def load_bundle(path: str | os.PathLike[str], *, container_id: str | None = None
     """
     config = os.fspath(path)
     data = _read_config(config)
+    if data is None and os.path.basename(config) == CONFIG_NAME:
+        raise BundleError(config, "not a regular file")  # a directory named config.json
     if data is None:  # a bundle directory
         config = os.path.join(config, CONFIG_NAME)
         data = _read_config(config)
@@ -82,6 +84,8 @@ def load_bundle(path: str | os.PathLike[str], *, container_id: str | None = None
         truncated = "truncated" in str(exc)
         reason = "truncated JSON (still being written?)" if truncated else f"invalid JSON: {exc}"
         raise BundleError(config, reason, retryable=truncated) from exc
+    except UnicodeDecodeError as exc:  # msgspec decodes strings without wrapping this one
+        raise BundleError(config, f"invalid UTF-8: {exc}") from exc
     return Bundle(
         path=config,
         container_id=container_id or _directory_id(config),

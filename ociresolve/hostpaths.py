@@ -56,7 +56,6 @@ class HostPaths:
         self.runtime_roots: tuple[str, ...] = tuple(self.host(root) for root in roots)
         self._proc = self.host("/proc")
         self._cgroup2: str | None = None
-        self._cgroup2_known = False
 
     def host(self, path: str) -> str:
         """``path`` (absolute, on the host) as seen from here."""
@@ -72,9 +71,11 @@ class HostPaths:
 
     @property
     def cgroup2(self) -> str | None:
-        """The cgroup v2 mount (whose directory inodes are BPF's cgroup ids), or ``None``."""
-        if not self._cgroup2_known:
-            self._cgroup2_known = True
+        """The cgroup v2 mount (whose directory inodes are BPF's cgroup ids), or ``None``.
+
+        Found once; while there is none it is looked for again on each call.
+        """
+        if self._cgroup2 is None:
             self._cgroup2 = next(
                 (
                     path
@@ -86,9 +87,13 @@ class HostPaths:
         return self._cgroup2
 
     def cgroup2_dir(self, relative: str) -> str | None:
-        """The directory of a cgroup v2 path relative to the mount, or ``None`` without v2."""
+        """The directory of a cgroup v2 path relative to the mount; ``None`` without cgroup v2,
+        or when the (untrusted) path would lead out of the mount."""
         mount = self.cgroup2
-        return None if mount is None else os.path.join(mount, relative.lstrip("/"))
+        if mount is None:
+            return None
+        path = os.path.normpath(os.path.join(mount, relative.lstrip("/")))
+        return path if path.startswith(mount + os.sep) else None
 
     def bundle_candidates(self, container_id: str) -> Iterator[tuple[str, Layout]]:
         """The bundle directories where a container with this id could be, existing or not."""

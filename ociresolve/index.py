@@ -97,11 +97,15 @@ class Index:
             self._by_bundle[record.bundle] = container_id
             if record.cgroup_id is not None:
                 self.meta_by_cgroup[record.cgroup_id] = record.meta
+            joined: list[IndexedContainer] = []
             if record.meta.container_type == "sandbox" and record.meta.pod_uid:
-                self._give_uid(container_id, record.meta.pod_uid)
+                joined = self._give_uid(container_id, record.meta.pod_uid)
             change: Change = "added" if old is None or old.removed else "updated"
             self.generation += 1
-        self._publish(record, change)
+            # Published under the lock (offers never block) so subscribers see changes in order.
+            self._publish(record, change)
+            for other in joined:  # its containers, which learned their pod UID from it
+                self._publish(other, "updated")
 
     def remove_bundle(self, bundle: str) -> None:
         """The bundle directory went away: keep its container resolvable for the grace period."""
@@ -114,7 +118,7 @@ class Index:
             self._records[container_id] = record
             self._tombstones[container_id] = self._clock()
             self._drop_excess_tombstones()
-        self._publish(record, "removed")
+            self._publish(record, "removed")
 
     def remove_below(self, directory: str) -> None:
         """Every bundle below a removed directory (a namespace, a containers-storage id dir)."""
@@ -199,7 +203,8 @@ class Index:
             self._waiting_for_uid.setdefault(meta.sandbox_id, set()).add(meta.container_id)
         return record
 
-    def _give_uid(self, sandbox_id: str, uid: str) -> None:
+    def _give_uid(self, sandbox_id: str, uid: str) -> list[IndexedContainer]:
+        joined: list[IndexedContainer] = []
         for container_id in self._waiting_for_uid.pop(sandbox_id, ()):
             record = self._records.get(container_id)
             if record is None or record.meta.pod_uid:
@@ -210,9 +215,11 @@ class Index:
             self.meta_by_id[container_id] = meta
             if record.cgroup_id is not None:
                 self.meta_by_cgroup[record.cgroup_id] = meta
+            joined.append(record)
+        return joined
 
     def _publish(self, record: IndexedContainer, change: Change) -> None:
-        for subscription in list(self._subscribers):
+        for subscription in self._subscribers:
             subscription.offer(record, change)
 
 

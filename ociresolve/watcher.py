@@ -119,7 +119,7 @@ class Watcher:
             if os.path.isdir(root):
                 self._add(_Watch(root, None, 0), found)
             else:
-                self._watch_parent_of(root)
+                self._watch_parent_of(root, found)
         for bundle in self.index.bundles() - found:
             self.index.remove_bundle(bundle)
 
@@ -139,7 +139,10 @@ class Watcher:
                 self.handle(self._inotify.read(timeout=0))
             except Exception:  # the loop must survive anything a host can throw at it
                 log.exception("watcher: unexpected error; rescanning")
-                self._rescan()
+                try:
+                    self._rescan()
+                except Exception:
+                    log.exception("watcher: rescan failed; retrying at the next event")
             now = time.monotonic()
             if now >= next_expiry:
                 self.index.expire()
@@ -240,7 +243,7 @@ class Watcher:
         if record is not None:
             self.index.put(record)
 
-    def _watch_parent_of(self, root: str) -> None:
+    def _watch_parent_of(self, root: str, found: set[str] | None = None) -> None:
         """Watch the nearest existing parent of a root that does not exist yet."""
         if self._inotify is None:
             return
@@ -254,14 +257,18 @@ class Watcher:
             log.error("watcher: cannot watch %s for %s: %s", parent, root, exc)
             return
         self._parents.setdefault(wd, set()).add(root)
+        # A directory created below ``parent`` before its watch existed sent no event: look again.
+        step = os.path.join(parent, os.path.relpath(root, parent).split(os.sep)[0])
+        if os.path.isdir(step):
+            self._check_missing_roots(wd, found)
 
-    def _check_missing_roots(self, wd: int) -> None:
+    def _check_missing_roots(self, wd: int, found: set[str] | None = None) -> None:
         for root in self._parents.pop(wd, set()):
             if os.path.isdir(root):
                 log.info("watcher: %s appeared", root)
-                self._add(_Watch(root, None, 0), None)
+                self._add(_Watch(root, None, 0), found)
             else:
-                self._watch_parent_of(root)  # a step closer, or the same parent again
+                self._watch_parent_of(root, found)  # a step closer, or the same parent again
 
     def _forget_watch(self, wd: int) -> None:
         watch = self._watches.pop(wd, None)
@@ -269,7 +276,9 @@ class Watcher:
         if watch is not None and watch.layout is None:
             roots.add(watch.path)  # a runtime root itself went away: wait for it again
         for root in roots:
-            if not os.path.isdir(root):
+            if os.path.isdir(root):  # already back: its creation came before this event
+                self._add(_Watch(root, None, 0), None)
+            else:
                 self.index.remove_below(root)
                 self._watch_parent_of(root)
 

@@ -79,6 +79,7 @@ def test_half_written_file_is_a_retryable_error(tmp_path: Path, content: bytes) 
         b'{"annotations": ["x"]}',
         b'{"linux": {"cgroupsPath": 7}}',
         b"\xff\xfe\x00",
+        b'{"annotations": {"a": "\xff\xfe"}}',  # invalid UTF-8 inside a string
     ],
 )
 def test_garbage_is_a_final_error(tmp_path: Path, content: bytes) -> None:

@@ -1,0 +1,37 @@
+"""HostPaths: every host path under host_root; untrusted cgroup paths stay in the mount."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ociresolve.hostpaths import HostPaths
+
+
+def test_paths_are_below_host_root(tmp_path: Path) -> None:
+    paths = HostPaths(str(tmp_path), ["/run/containerd"])
+    assert paths.runtime_roots == (str(tmp_path / "run/containerd"),)
+    assert paths.proc_cgroup(42) == str(tmp_path / "proc/42/cgroup")
+    assert HostPaths("/").proc_cgroup(42) == "/proc/42/cgroup"
+
+
+def test_cgroup2_mount_unified_or_hybrid(tmp_path: Path) -> None:
+    assert HostPaths(str(tmp_path)).cgroup2 is None
+    hybrid = tmp_path / "sys/fs/cgroup/unified"
+    hybrid.mkdir(parents=True)
+    (hybrid / "cgroup.controllers").touch()
+    # Not found before is looked for again: the mount may appear later.
+    paths = HostPaths(str(tmp_path))
+    assert paths.cgroup2 == str(hybrid)
+    (tmp_path / "sys/fs/cgroup/cgroup.controllers").touch()
+    assert HostPaths(str(tmp_path)).cgroup2 == str(tmp_path / "sys/fs/cgroup")
+
+
+def test_untrusted_cgroup_path_cannot_leave_the_mount(tmp_path: Path) -> None:
+    mount = tmp_path / "sys/fs/cgroup"
+    mount.mkdir(parents=True)
+    (mount / "cgroup.controllers").touch()
+    paths = HostPaths(str(tmp_path))
+    assert paths.cgroup2_dir("/kubepods/pod1/abc") == str(mount / "kubepods/pod1/abc")
+    assert paths.cgroup2_dir("/../../../etc") is None
+    assert paths.cgroup2_dir("kubepods/../../x") is None
+    assert paths.cgroup2_dir("/") is None
