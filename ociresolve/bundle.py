@@ -28,6 +28,7 @@ CONFIG_NAME: Final = "config.json"
 # Real specs are 5-30 KB (a long environment can make them a few hundred); anything near this
 # is not a runtime's config.json.
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024
+_FIRST_READ: Final = 64 * 1024
 # containers-storage (cri-o, podman) keeps the bundle in <id>/userdata.
 _STORAGE_BUNDLE_DIR: Final = "userdata"
 
@@ -136,22 +137,21 @@ def _read_config(path: str) -> bytes | None:
     except OSError as exc:
         raise BundleError(path, exc.strerror or str(exc)) from exc
     try:
-        info = os.fstat(fd)
-        mode, size = info.st_mode, info.st_size
-        if stat.S_ISDIR(mode):
-            return None
-        if not stat.S_ISREG(mode):
+        # One read covers any real config.json, and a directory fails with EISDIR: fstat only
+        # when the file is empty (a FIFO reads empty) or larger than that read.
+        data = os.read(fd, _FIRST_READ)
+        if len(data) in (0, _FIRST_READ) and not stat.S_ISREG(os.fstat(fd).st_mode):
             raise BundleError(path, "not a regular file")
-        if size > MAX_CONFIG_BYTES:
-            raise BundleError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
-        # One read of the size fstat gave, plus one byte to see a file still growing.
-        data = os.read(fd, size + 1)
-        if len(data) > size:
-            while chunk := os.read(fd, 65536):
+        if len(data) == _FIRST_READ:
+            while chunk := os.read(fd, _FIRST_READ):
                 data += chunk
                 if len(data) > MAX_CONFIG_BYTES:
                     raise BundleError(path, f"larger than {MAX_CONFIG_BYTES} bytes")
         return data
+    except IsADirectoryError:
+        return None
+    except BlockingIOError as exc:  # a FIFO (or another non-file) with no writer data
+        raise BundleError(path, "not a regular file") from exc
     except OSError as exc:
         retryable = exc.errno in (errno.ENOENT, errno.ESTALE)
         raise BundleError(path, exc.strerror or str(exc), retryable=retryable) from exc

@@ -22,7 +22,7 @@ __all__ = ["detect", "detect_runtime", "normalize"]
 MANAGER_KEY: Final = "io.container.manager"
 _BY_MANAGER: Final[Mapping[str, ModuleType]] = {"libpod": podman, "cri-o": crio}
 # Otherwise the first runtime one of whose marker keys is present.
-_BY_MARKER: Final[tuple[ModuleType, ...]] = (crio, containerd)
+_BY_MARKER: Final = tuple((runtime, frozenset(runtime.MARKERS)) for runtime in (crio, containerd))
 
 _META_FIELDS: Final = frozenset(ContainerMeta.__struct_fields__) - {"runtime", "container_type"}
 
@@ -32,8 +32,8 @@ def detect(annotations: Mapping[str, str]) -> ModuleType | None:
     manager = annotations.get(MANAGER_KEY)
     if manager is not None:
         return _BY_MANAGER.get(manager)
-    for runtime in _BY_MARKER:
-        if any(key in annotations for key in runtime.MARKERS):
+    for runtime, markers in _BY_MARKER:
+        if not markers.isdisjoint(annotations):
             return runtime
     return None
 
