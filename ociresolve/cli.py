@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import msgspec
 
@@ -66,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     lookup.add_argument("pid", type=int, metavar="PID")
     lookup.add_argument("--json", action="store_true", help="one JSON object")
+    lookup.add_argument(
+        "--explain", action="store_true", help="also show each step tried, with its timing"
+    )
     _node_options(lookup)
+    _cri_options(lookup)
     lookup.set_defaults(run=_lookup)
 
     listing = commands.add_parser("list", help="the containers on this node")
@@ -93,40 +97,74 @@ def _node_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cri_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cri-socket",
+        metavar="PATH",
+        help="the CRI endpoint for what the bundles do not tell, on the host (default: the "
+        "first of containerd's, k3s', cri-o's and cri-dockerd's sockets that exists)",
+    )
+    parser.add_argument("--no-cri", action="store_true", help="never ask the runtime over CRI")
+
+
 def _resolver(args: argparse.Namespace) -> ociresolve.Resolver:
-    return ociresolve.Resolver(host_root=args.host_root, runtime_roots=args.runtime_roots)
+    return ociresolve.Resolver(
+        host_root=args.host_root,
+        runtime_roots=args.runtime_roots,
+        cri=not getattr(args, "no_cri", True),
+        cri_socket=getattr(args, "cri_socket", None),
+    )
 
 
 def _lookup(args: argparse.Namespace) -> int:
     resolver = _resolver(args)
     try:
-        answer = resolver.resolve_pid(args.pid)
-        ref = None if answer is not None else resolver.cgroup_of(args.pid)
+        explanation = resolver.explain_pid(args.pid)
     except ociresolve.OciresolveError as exc:
         _error(str(exc))
         return EXIT_ERROR
+    finally:
+        resolver.close()
+    steps = [
+        {"step": s.step, "result": s.result, "ms": round(s.seconds * 1000, 3)}
+        for s in explanation.steps
+    ]
+    answer = explanation.resolution
     if answer is None:
-        if ref is None:
+        if explanation.container_id is None:
             _error(f"pid {args.pid} is not in a container")
         else:
             _error(
-                f"pid {args.pid} is in container {short_id(ref.container_id)}, which is not a "
-                "Kubernetes container of the runtimes under "
-                + ", ".join(resolver.paths.runtime_roots)
+                f"pid {args.pid} is in container {short_id(explanation.container_id)}, which "
+                "no runtime root or CRI endpoint knows as a Kubernetes container"
             )
+        if args.explain:
+            _print_steps(steps, args.json, sys.stderr)
         return EXIT_NOT_KUBERNETES
-    record = resolver.container(answer.meta.container_id or "")
-    row = msgspec.structs.asdict(answer.meta)
+    row: dict[str, Any] = msgspec.structs.asdict(answer.meta)
     row.update(pid=args.pid, source=answer.source)
     if args.json:
+        if args.explain:
+            row.update(explain=steps)
         print(json_line(row))
-    else:
-        init_pid = record.pid if record is not None else None
-        row.update(init_pid=init_pid)
-        width = max(map(len, row))
-        for key, value in row.items():
-            print(f"{key:<{width}}  {printable(value)}")
+        return EXIT_OK
+    record = resolver.container(explanation.container_id or "")
+    row.update(init_pid=record.pid if record is not None else None)
+    width = max(map(len, row))
+    for key, value in row.items():
+        print(f"{key:<{width}}  {printable(value)}")
+    if args.explain:
+        _print_steps(steps, False, sys.stdout)
     return EXIT_OK
+
+
+def _print_steps(steps: list[dict[str, Any]], as_json: bool, stream: TextIO) -> None:
+    if as_json:
+        print(json_line({"explain": steps}), file=stream)
+        return
+    print("resolution:", file=stream)
+    for step in steps:
+        print(f"  {step['step']:<7} {step['ms']:9.3f} ms  {printable(step['result'])}", file=stream)
 
 
 _LIST_COLUMNS: Final = ("NAMESPACE", "POD", "CONTAINER", "TYPE", "RUNTIME", "ID", "PID")

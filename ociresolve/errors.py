@@ -27,3 +27,16 @@ class ProcessNotFound(OciresolveError):
     def __init__(self, pid: int) -> None:
         super().__init__(f"no such process: pid {pid}")
         self.pid = pid
+
+
+class CriUnavailable(OciresolveError):
+    """The CRI runtime did not answer in time, or answered with an error.
+
+    The resolver never lets it escape a lookup: a miss it could not resolve is ``None``.
+    """
+
+    def __init__(self, endpoint: str, reason: str, *, code: str | None = None) -> None:
+        super().__init__(f"CRI {endpoint}: {reason}")
+        self.endpoint = endpoint
+        self.reason = reason
+        self.code = code

@@ -7,6 +7,7 @@ is where the host's file systems are mounted; on the node itself it is ``/``.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Final
 
@@ -41,6 +42,14 @@ LAYOUTS: Final = (
     Layout(("io.containerd.runtime.v1.linux", "*", "*"), 2, "init.pid"),
     # containers-storage (cri-o, podman): <root>/overlay-containers/<id>/userdata/
     Layout(("overlay-containers", "*", "userdata"), 1, "pidfile"),
+)
+
+# CRI endpoints, in the order they are tried when none is given.
+DEFAULT_CRI_SOCKETS: Final = (
+    "/run/containerd/containerd.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/run/crio/crio.sock",
+    "/run/cri-dockerd.sock",
 )
 
 # cgroup v2 mount points, in the order they are tried: unified (v2 only), then hybrid.
@@ -94,6 +103,19 @@ class HostPaths:
             return None
         path = os.path.normpath(os.path.join(mount, relative.lstrip("/")))
         return path if path.startswith(mount + os.sep) else None
+
+    def cri_socket(self, explicit: str | None = None) -> str | None:
+        """The CRI socket to use: ``explicit`` (a host path) if given, else the first default
+        that is a socket now; ``None`` when there is none."""
+        if explicit:
+            return self.host(explicit)
+        for candidate in map(self.host, DEFAULT_CRI_SOCKETS):
+            try:
+                if stat.S_ISSOCK(os.stat(candidate).st_mode):
+                    return candidate
+            except OSError:
+                continue
+        return None
 
     def bundle_candidates(self, container_id: str) -> Iterator[tuple[str, Layout]]:
         """The bundle directories where a container with this id could be, existing or not."""

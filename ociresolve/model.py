@@ -64,11 +64,29 @@ class IndexedContainer(msgspec.Struct, frozen=True, kw_only=True):
     removed: bool = False
 
 
-Source = Literal["index", "bundle"]
+Source = Literal["index", "bundle", "cri"]
 
 
 class Resolution(msgspec.Struct, frozen=True, kw_only=True):
-    """An answer and where it came from: the live ``index``, or a ``bundle`` read on a miss."""
+    """An answer and where it came from: the live ``index``, a ``bundle`` read on a miss, or
+    the runtime's ``cri`` API."""
 
     meta: ContainerMeta
     source: Source
+
+
+class Step(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a resolution: what was tried, what it gave, how long it took."""
+
+    step: str
+    result: str
+    seconds: float
+
+
+class Explanation(msgspec.Struct, frozen=True, kw_only=True):
+    """How a PID was resolved, step by step (``ociresolve lookup --explain``)."""
+
+    pid: int
+    container_id: str | None
+    resolution: Resolution | None
+    steps: list[Step]

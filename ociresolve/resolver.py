@@ -1,26 +1,39 @@
 """Resolver: PID, cgroup id or container id -> ContainerMeta, from the live index first.
 
 Order: the in-memory index (kept current by the inotify watcher), then the container's bundle
-on disk, read synchronously on a miss (which closes any race with the watcher).
+on disk, read synchronously on a miss (which closes any race with the watcher), then the
+runtime's CRI API, with a deadline, a circuit breaker and caches (``ociresolve.cri``).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from ociresolve.cgroup import parse_cgroup
+from ociresolve.cri.client import DEFAULT_TIMEOUT, CriClient, GrpcCriClient
+from ociresolve.cri.fallback import CriFallback
 from ociresolve.entries import read_entry, with_cgroup_id
 from ociresolve.errors import BundleError, OciresolveError, ProcessNotFound
 from ociresolve.hostpaths import HostPaths
 from ociresolve.index import Index, Subscriber
-from ociresolve.model import CgroupRef, ContainerMeta, IndexedContainer, Resolution
+from ociresolve.model import (
+    CgroupRef,
+    ContainerMeta,
+    Explanation,
+    IndexedContainer,
+    Resolution,
+    Step,
+)
 from ociresolve.watcher import Watcher
 
 # /proc/<pid>/cgroup is a few hundred bytes; a v1 host with many hierarchies stays under this.
 _CGROUP_FILE_MAX = 16384
+# While no CRI socket exists, look for one again at most this often.
+_SOCKET_RECHECK = 5.0
 
 
 class Resolver:
@@ -29,6 +42,10 @@ class Resolver:
     ``start()`` scans the runtime roots and keeps the index current with inotify from a
     background thread; without it every lookup reads the bundle from disk (one-shot use).
     Lookups are thread-safe and never wait for the watcher. Use as a context manager.
+
+    ``cri``: resolve what neither the index nor a bundle knows over CRI (``cri_socket``, a host
+    path, or the first of the default sockets that exists), each call with ``cri_timeout``;
+    ``cri_client`` replaces the gRPC client (tests inject faults with it).
     """
 
     def __init__(
@@ -37,8 +54,17 @@ class Resolver:
         host_root: str = "/",
         runtime_roots: Sequence[str] | None = None,
         grace_period: float = 5.0,
+        cri: bool = True,
+        cri_socket: str | None = None,
+        cri_timeout: float = DEFAULT_TIMEOUT,
+        cri_client: CriClient | None = None,
     ) -> None:
         self.paths = HostPaths(host_root, runtime_roots)
+        self.cri_enabled = cri
+        self._cri_socket = cri_socket
+        self._cri_timeout = cri_timeout
+        self._cri: CriFallback | None = CriFallback(cri_client) if cri_client else None
+        self._cri_checked_at = -_SOCKET_RECHECK
         self.index = Index(grace_period=grace_period)
         self._watcher: Watcher | None = None
         self._by_id = self.index.meta_by_id
@@ -66,8 +92,11 @@ class Resolver:
     def close(self) -> None:
         with self._lock:
             watcher, self._watcher = self._watcher, None
+            cri, self._cri = self._cri, None
         if watcher is not None:
             watcher.close()
+        if cri is not None:
+            cri.close()
         self.index.close()
 
     def __enter__(self) -> Resolver:
@@ -84,6 +113,11 @@ class Resolver:
     @property
     def watcher(self) -> Watcher | None:
         return self._watcher
+
+    @property
+    def cri(self) -> CriFallback | None:
+        """The CRI fallback, once a miss has needed it (``None`` before, or when off)."""
+        return self._cri
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -112,8 +146,36 @@ class Resolver:
         meta = self._by_id.get(ref.container_id)
         if meta is not None:
             return Resolution(meta=meta, source="index")
-        meta = self._container_miss(ref.container_id)
-        return None if meta is None else Resolution(meta=meta, source="bundle")
+        return self._miss(ref.container_id, None)
+
+    def explain_pid(self, pid: int) -> Explanation:
+        """Resolve ``pid`` and say what was tried, step by step, with timings.
+
+        Raises ``ProcessNotFound`` when there is no such process.
+        """
+        steps: list[Step] = []
+        started = time.perf_counter()
+        ref = self.cgroup_of(pid)
+        found = "host (no container in its cgroup)" if ref is None else ref.container_id
+        steps.append(_step("cgroup", found, started))
+        if ref is None:
+            return Explanation(pid=pid, container_id=None, resolution=None, steps=steps)
+        started = time.perf_counter()
+        meta = self._by_id.get(ref.container_id)
+        steps.append(_step("index", "hit" if meta else "miss", started))
+        resolution = (
+            Resolution(meta=meta, source="index")
+            if meta is not None
+            else self._miss(ref.container_id, steps)
+        )
+        return Explanation(
+            pid=pid, container_id=ref.container_id, resolution=resolution, steps=steps
+        )
+
+    def pod_labels(self, sandbox_id: str) -> dict[str, str] | None:
+        """The pod's labels, asked of the CRI (once per sandbox) only when a caller wants them."""
+        cri = self._cri_fallback()
+        return None if cri is None else cri.pod_labels(sandbox_id)
 
     def container(self, container_id: str) -> IndexedContainer | None:
         """The index's full record (bundle, init PID, cgroup id) of a container."""
@@ -150,7 +212,13 @@ class Resolver:
         return parse_cgroup(data.decode(errors="replace"))
 
     def _container_miss(self, container_id: str) -> ContainerMeta | None:
-        """Not indexed (yet): read the container's bundle from disk and index it."""
+        resolution = self._miss(container_id, None)
+        return None if resolution is None else resolution.meta
+
+    def _miss(self, container_id: str, steps: list[Step] | None) -> Resolution | None:
+        """Not indexed (yet): read the container's bundle from disk and index it; failing
+        that, ask the runtime over CRI."""
+        started = time.perf_counter()
         for bundle, layout in self.paths.bundle_candidates(container_id):
             try:
                 record = read_entry(self.paths, bundle, layout)
@@ -161,8 +229,36 @@ class Resolver:
                 if not os.path.isdir(bundle):
                     # Removed while we read it, maybe before the watcher knew of it: no ghost.
                     self.index.remove_bundle(bundle)
-                return record.meta
-        return None
+                if steps is not None:
+                    steps.append(_step("bundle", bundle, started))
+                return Resolution(meta=record.meta, source="bundle")
+        if steps is not None:
+            steps.append(_step("bundle", "none under the runtime roots", started))
+        started = time.perf_counter()
+        cri = self._cri_fallback()
+        if cri is None:
+            if steps is not None:
+                why = "off" if not self.cri_enabled else "no CRI socket found"
+                steps.append(_step("cri", why, started))
+            return None
+        meta = cri.resolve(container_id)
+        if steps is not None:
+            result = "found" if meta else f"not found (breaker {cri.breaker.state})"
+            steps.append(_step("cri", f"{cri.endpoint}: {result}", started))
+        return None if meta is None else Resolution(meta=meta, source="cri")
+
+    def _cri_fallback(self) -> CriFallback | None:
+        if self._cri is not None or not self.cri_enabled:
+            return self._cri
+        now = time.monotonic()
+        with self._lock:
+            if self._cri is None and now - self._cri_checked_at >= _SOCKET_RECHECK:
+                self._cri_checked_at = now
+                socket = self.paths.cri_socket(self._cri_socket)
+                if socket is not None:
+                    client = GrpcCriClient(socket, timeout=self._cri_timeout)
+                    self._cri = CriFallback(client)
+            return self._cri
 
     def _cgroup_miss(self, cgroup_id: int) -> ContainerMeta | None:
         """Check the containers whose cgroup did not exist when they were indexed.
@@ -183,3 +279,7 @@ class Resolver:
             self._unknown_cgroups.clear()
         self._unknown_cgroups[cgroup_id] = self.index.generation
         return None
+
+
+def _step(step: str, result: str, started: float) -> Step:
+    return Step(step=step, result=result, seconds=time.perf_counter() - started)

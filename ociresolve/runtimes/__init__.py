@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Final, cast
 
+import msgspec
+
 from ociresolve.cgroup import pod_uid_from_path
 from ociresolve.model import ContainerMeta, ContainerType
 from ociresolve.runtimes import containerd, crio, podman
-from ociresolve.runtimes._keys import Found, pick
+from ociresolve.runtimes._keys import KUBELET_LABELS, Found, pick, setdefault_str
 
-__all__ = ["detect", "detect_runtime", "normalize"]
+__all__ = ["detect", "detect_runtime", "normalize", "normalize_cri"]
 
 # ``io.container.manager`` names the manager outright (podman >= 1.6, cri-o >= 1.16).
 MANAGER_KEY: Final = "io.container.manager"
@@ -82,6 +84,47 @@ def normalize(
             found["pod_uid"] = uid
     fields = {name: value for name, value in found.items() if name in _META_FIELDS}
     return ContainerMeta(runtime=runtime.NAME, container_type=container_type, **fields)
+
+
+def normalize_cri(
+    *,
+    runtime: str,
+    container_type: ContainerType,
+    container_id: str,
+    annotations: Mapping[str, str],
+    cgroups_path: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+    namespace: str | None = None,
+    uid: str | None = None,
+    sandbox_id: str | None = None,
+    image: str | None = None,
+) -> ContainerMeta:
+    """A record from a CRI status: its runtime spec's annotations first (the same
+    ``normalize`` as bundles), then kubelet's labels, then the status's own metadata.
+
+    ``runtime`` is the runtime that answered; ``name``/``namespace``/``uid`` are the status's
+    metadata (a container's name, or a sandbox's pod name, namespace and UID).
+    """
+    meta = normalize(annotations, container_id=container_id, cgroups_path=cgroups_path)
+    found: Found = {}
+    if meta is not None and meta.container_type == container_type:
+        found = {k: v for k, v in msgspec.structs.asdict(meta).items() if isinstance(v, str)}
+    pick(labels or {}, KUBELET_LABELS, found)
+    if container_type == "sandbox":
+        for field, value in (("pod_name", name), ("pod_namespace", namespace), ("pod_uid", uid)):
+            setdefault_str(found, field, value)
+        found.pop("container_name", None)
+        sandbox_id = container_id
+    else:
+        setdefault_str(found, "container_name", name)
+    setdefault_str(found, "sandbox_id", sandbox_id)
+    setdefault_str(found, "image", image)
+    found["container_id"] = container_id
+    if "pod_uid" not in found and cgroups_path:
+        setdefault_str(found, "pod_uid", pod_uid_from_path(cgroups_path))
+    fields = {key: value for key, value in found.items() if key in _META_FIELDS}
+    return ContainerMeta(runtime=runtime, container_type=container_type, **fields)
 
 
 def _container_type(values: Mapping[str, str], found: Found) -> ContainerType | None:
