@@ -134,9 +134,11 @@ def _lookup(args: argparse.Namespace) -> int:
         if explanation.container_id is None:
             _error(f"pid {args.pid} is not in a container")
         else:
+            last = explanation.steps[-1]
             _error(
                 f"pid {args.pid} is in container {short_id(explanation.container_id)}, which "
-                "no runtime root or CRI endpoint knows as a Kubernetes container"
+                "no runtime root knows as a Kubernetes container "
+                f"({last.step}: {printable(last.result)})"
             )
         if args.explain:
             _print_steps(steps, args.json, sys.stderr)

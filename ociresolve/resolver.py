@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
@@ -63,7 +64,7 @@ class Resolver:
         self.cri_enabled = cri
         self._cri_socket = cri_socket
         self._cri_timeout = cri_timeout
-        self._cri: CriFallback | None = CriFallback(cri_client) if cri_client else None
+        self._cri: CriFallback | None = CriFallback(cri_client) if cri_client and cri else None
         self._cri_checked_at = -_SOCKET_RECHECK
         self.index = Index(grace_period=grace_period)
         self._watcher: Watcher | None = None
@@ -241,9 +242,10 @@ class Resolver:
                 why = "off" if not self.cri_enabled else "no CRI socket found"
                 steps.append(_step("cri", why, started))
             return None
+        calls = cri.calls.copy() if steps is not None else None
         meta = cri.resolve(container_id)
-        if steps is not None:
-            result = "found" if meta else f"not found (breaker {cri.breaker.state})"
+        if steps is not None and calls is not None:
+            result = "found" if meta else _cri_miss(cri.calls - calls, cri.breaker.state)
             steps.append(_step("cri", f"{cri.endpoint}: {result}", started))
         return None if meta is None else Resolution(meta=meta, source="cri")
 
@@ -279,6 +281,17 @@ class Resolver:
             self._unknown_cgroups.clear()
         self._unknown_cgroups[cgroup_id] = self.index.generation
         return None
+
+
+def _cri_miss(calls: Counter[tuple[str, str]], breaker: str) -> str:
+    """Why the CRI did not resolve an id, from the calls made meanwhile: "not found" only when
+    the runtime said so (or the negative cache did), else the calls that got no answer."""
+    failed = sorted(
+        f"{method} {outcome}" for method, outcome in calls if outcome not in ("ok", "not_found")
+    )
+    if failed:
+        return f"no answer ({', '.join(failed)}; breaker {breaker})"
+    return f"not found (breaker {breaker})"
 
 
 def _step(step: str, result: str, started: float) -> Step:

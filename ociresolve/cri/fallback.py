@@ -37,6 +37,7 @@ RUNTIME_NAMES: Final = {"containerd": "containerd", "cri-o": "cri-o", "docker": 
 class _Flight:
     def __init__(self) -> None:
         self.done = threading.Event()
+        self.leader = threading.get_ident()
         self.result: ContainerMeta | None = None
 
 
@@ -61,6 +62,7 @@ class CriFallback:
         self._cache: OrderedDict[str, tuple[float, ContainerMeta | None]] = OrderedDict()
         self._labels: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._flights: dict[str, _Flight] = {}
+        self._completing = threading.local()  # .active: this thread is in _with_pod
         self._runtime: str | None = None
         # (method, outcome) -> count: "ok", "not_found", a gRPC code, or "breaker_open".
         self.calls: Counter[tuple[str, str]] = Counter()
@@ -81,6 +83,8 @@ class CriFallback:
             leader = flight is None
             if flight is None:
                 flight = self._flights[container_id] = _Flight()
+            elif flight.leader == threading.get_ident():
+                return None  # asked for again while resolving it: a container naming itself
         if not leader:
             # Another thread is asking already: share its answer (it has a deadline too).
             flight.done.wait(timeout=getattr(self.client, "timeout", 1.0) * 3)
@@ -123,7 +127,9 @@ class CriFallback:
         if meta is not None and reply is not None and reply.kind == "container":
             meta = self._with_pod(meta)
         if answered:  # "the runtime is down" is not an answer: only answers are cached
-            ttl = self.positive_ttl if meta is not None else self.negative_ttl
+            # A record whose runtime could not be named (Version failed) is kept briefly only.
+            whole = meta is not None and self._runtime is not None
+            ttl = self.positive_ttl if whole else self.negative_ttl
             with self._lock:
                 self._cache[container_id] = (self._clock() + ttl, meta)
                 _trim(self._cache)
@@ -147,10 +153,16 @@ class CriFallback:
 
     def _with_pod(self, meta: ContainerMeta) -> ContainerMeta:
         """A container whose spec and labels lack pod fields (containerd <= 1.5 has no pod
-        UID): complete them from its sandbox's status."""
-        if (meta.pod_uid and meta.pod_name and meta.pod_namespace) or not meta.sandbox_id:
+        UID): complete them from its sandbox's status. One level only: a sandbox that is itself
+        a container lacking pod fields (a runtime's garbage) is not followed further."""
+        complete = meta.pod_uid and meta.pod_name and meta.pod_namespace
+        if complete or not meta.sandbox_id or getattr(self._completing, "active", False):
             return meta
-        sandbox = self.resolve(meta.sandbox_id)
+        self._completing.active = True
+        try:
+            sandbox = self.resolve(meta.sandbox_id)
+        finally:
+            self._completing.active = False
         if sandbox is None:
             return meta
         return ContainerMeta(

@@ -73,6 +73,6 @@ def _json(text: str) -> Any:
     """The first JSON value of ``text`` (a runtime may append junk), or ``None``."""
     try:
         value, _ = json.JSONDecoder().raw_decode(text.strip())
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # RecursionError: nested too deeply
         return None
     return value
