@@ -66,6 +66,7 @@ class Resolver:
         self._cri_timeout = cri_timeout
         self._cri: CriFallback | None = CriFallback(cri_client) if cri_client and cri else None
         self._cri_checked_at = -_SOCKET_RECHECK
+        self._closed = False
         self.index = Index(grace_period=grace_period)
         self._watcher: Watcher | None = None
         self._by_id = self.index.meta_by_id
@@ -92,6 +93,7 @@ class Resolver:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             watcher, self._watcher = self._watcher, None
             cri, self._cri = self._cri, None
         if watcher is not None:
@@ -220,6 +222,12 @@ class Resolver:
         """Not indexed (yet): read the container's bundle from disk and index it; failing
         that, ask the runtime over CRI."""
         started = time.perf_counter()
+        cri = self._cri
+        known = None if cri is None else cri.cached(container_id)
+        if known is not None:  # the CRI named it before: no disk to look at again
+            if steps is not None:
+                steps.append(_step("cri", f"{cri.endpoint if cri else ''}: cached", started))
+            return Resolution(meta=known, source="cri")
         for bundle, layout in self.paths.bundle_candidates(container_id):
             try:
                 record = read_entry(self.paths, bundle, layout)
@@ -250,7 +258,7 @@ class Resolver:
         return None if meta is None else Resolution(meta=meta, source="cri")
 
     def _cri_fallback(self) -> CriFallback | None:
-        if self._cri is not None or not self.cri_enabled:
+        if self._cri is not None or not self.cri_enabled or self._closed:
             return self._cri
         now = time.monotonic()
         with self._lock:

@@ -97,6 +97,11 @@ class CriFallback:
             flight.done.set()
         return flight.result
 
+    def cached(self, container_id: str) -> ContainerMeta | None:
+        """A record the runtime gave earlier and that is still fresh; no call is made."""
+        cached = self._cache.get(container_id)
+        return cached[1] if cached is not None and cached[0] > self._clock() else None
+
     def pod_labels(self, sandbox_id: str) -> dict[str, str] | None:
         """The pod's labels (from its sandbox's status), fetched once per sandbox."""
         with self._lock:

@@ -115,6 +115,10 @@ class Containerd:
     the daemon and waits until CRI answers; ``stop()`` tears down every pod through CRI, stops
     the daemon by its PID and removes the private cgroups. ``stop()`` raises ``HarnessError``
     if it had to clean up by force (a leak the tests should hear about).
+
+    ``stop_daemon()`` stops the daemon alone, as when containerd is restarted or upgraded on a
+    node: pods keep running, and ``start()`` runs it again on the same config, root, state and
+    socket (``restart()`` does both).
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class Containerd:
         self.config_overrides = dict(config_overrides or {})
         self._process: subprocess.Popen[bytes] | None = None
         self._client: CriClient | None = None
+        self._started = False  # once: a restart reuses the config and the socket directory
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -161,10 +166,15 @@ class Containerd:
     def start(self) -> Containerd:
         if self._process is not None:
             raise HarnessError("containerd already started")
-        for directory in (self.root_dir, self.state_dir, self.pods_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-        self.socket.parent.mkdir(mode=0o700, exist_ok=self._own_socket_dir is None)
-        self.config_path.write_text(self._config())
+        if not self._started:
+            for directory in (self.root_dir, self.state_dir, self.pods_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            self.socket.parent.mkdir(mode=0o700, exist_ok=self._own_socket_dir is None)
+            self.config_path.write_text(self._config())
+            self._started = True
+        elif self._client is not None:
+            # A restart: the old channel may be waiting out a reconnect backoff.
+            self._client.reconnect()
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 ["containerd", "--config", str(self.config_path)],
@@ -218,6 +228,29 @@ class Containerd:
                 + "; ".join(problems)
                 + f"\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
             )
+
+    def stop_daemon(self) -> None:
+        """Stop the daemon alone, by its PID: SIGTERM, SIGKILL after ``STOP_TIMEOUT``.
+
+        No CRI teardown: the shims and containers keep running, their bundles and cgroups stay,
+        as on a node where containerd is restarted. ``start()`` runs it again; it reconnects to
+        its shims and its CRI plugin recovers the pods. Until then ``pid`` is None and ``stop()``
+        would have to kill the shims by force. Raises ``HarnessError`` if the daemon was not
+        running or did not exit cleanly.
+        """
+        if self._process is None:
+            raise HarnessError("containerd is not running")
+        status = self._terminate()
+        if status not in (0, -signal.SIGTERM):
+            raise HarnessError(
+                f"containerd exited with status {status} when stopped\n"
+                f"--- {self.log_path} (tail) ---\n{self.log_tail()}"
+            )
+
+    def restart(self) -> Containerd:
+        """``stop_daemon()``, then ``start()``: the same daemon, its pods still running."""
+        self.stop_daemon()
+        return self.start()
 
     def cri(self) -> CriClient:
         """A CRI client for this daemon (one, shared, closed by ``stop()``)."""

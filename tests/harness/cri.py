@@ -113,6 +113,13 @@ class CriClient:
     def close(self) -> None:
         self._channel.close()
 
+    def reconnect(self) -> None:
+        """Replace the channel with a new one (after the daemon restarted), keeping this
+        client, which pods and factories hold on to."""
+        self._channel.close()
+        self._channel = grpc.insecure_channel(f"unix://{self.socket}")
+        self._stub = api_pb2_grpc.RuntimeServiceStub(self._channel)
+
     def __enter__(self) -> CriClient:
         return self
 
