@@ -35,6 +35,10 @@ from ociresolve.watcher import Watcher
 _CGROUP_FILE_MAX = 16384
 # While no CRI socket exists, look for one again at most this often.
 _SOCKET_RECHECK = 5.0
+# With the watcher running, a container id not found on disk is not looked for again so soon
+# (the watcher indexes it if its bundle appears).
+_DISK_MISS_TTL = 1.0
+_DISK_MISSES = 4096
 
 
 class Resolver:
@@ -67,6 +71,7 @@ class Resolver:
         self._cri: CriFallback | None = CriFallback(cri_client) if cri_client and cri else None
         self._cri_checked_at = -_SOCKET_RECHECK
         self._closed = False
+        self._disk_misses: dict[str, float] = {}  # container id -> perf_counter() expiry
         self.index = Index(grace_period=grace_period)
         self._watcher: Watcher | None = None
         self._by_id = self.index.meta_by_id
@@ -223,11 +228,36 @@ class Resolver:
         that, ask the runtime over CRI."""
         started = time.perf_counter()
         cri = self._cri
-        known = None if cri is None else cri.cached(container_id)
-        if known is not None:  # the CRI named it before: no disk to look at again
+        if cri is not None and (known := cri.cached(container_id)) is not None:
+            # The CRI named it before: no disk to look at again.
             if steps is not None:
-                steps.append(_step("cri", f"{cri.endpoint if cri else ''}: cached", started))
+                steps.append(_step("cri", f"{cri.endpoint}: cached", started))
             return Resolution(meta=known, source="cri")
+        if self._watcher is not None and self._disk_misses.get(container_id, 0.0) > started:
+            # Looked for on disk a moment ago, and the watcher has not seen it since.
+            if steps is not None:
+                steps.append(_step("bundle", "none (looked for less than 1 s ago)", started))
+        else:
+            resolution = self._read_bundle_of(container_id, steps, started)
+            if resolution is not None:
+                return resolution
+        started = time.perf_counter()
+        cri = self._cri_fallback()
+        if cri is None:
+            if steps is not None:
+                why = "off" if not self.cri_enabled else "no CRI socket found"
+                steps.append(_step("cri", why, started))
+            return None
+        calls = cri.calls.copy() if steps is not None else None
+        meta = cri.resolve(container_id)
+        if steps is not None and calls is not None:
+            result = "found" if meta else _cri_miss(cri.calls - calls, cri.breaker.state)
+            steps.append(_step("cri", f"{cri.endpoint}: {result}", started))
+        return None if meta is None else Resolution(meta=meta, source="cri")
+
+    def _read_bundle_of(
+        self, container_id: str, steps: list[Step] | None, started: float
+    ) -> Resolution | None:
         for bundle, layout in self.paths.bundle_candidates(container_id):
             try:
                 record = read_entry(self.paths, bundle, layout)
@@ -243,19 +273,11 @@ class Resolver:
                 return Resolution(meta=record.meta, source="bundle")
         if steps is not None:
             steps.append(_step("bundle", "none under the runtime roots", started))
-        started = time.perf_counter()
-        cri = self._cri_fallback()
-        if cri is None:
-            if steps is not None:
-                why = "off" if not self.cri_enabled else "no CRI socket found"
-                steps.append(_step("cri", why, started))
-            return None
-        calls = cri.calls.copy() if steps is not None else None
-        meta = cri.resolve(container_id)
-        if steps is not None and calls is not None:
-            result = "found" if meta else _cri_miss(cri.calls - calls, cri.breaker.state)
-            steps.append(_step("cri", f"{cri.endpoint}: {result}", started))
-        return None if meta is None else Resolution(meta=meta, source="cri")
+        # A storm of events from a container no runtime root holds costs one look per second.
+        if len(self._disk_misses) >= _DISK_MISSES:
+            self._disk_misses.clear()
+        self._disk_misses[container_id] = time.perf_counter() + _DISK_MISS_TTL
+        return None
 
     def _cri_fallback(self) -> CriFallback | None:
         if self._cri is not None or not self.cri_enabled or self._closed:
