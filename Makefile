@@ -20,7 +20,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,metrics]'
 	touch $@
 
+# BCC for the tracer: Debian's python3-bpfcc is pure Python over libbcc.so, so the venv gets a
+# .pth file naming a directory that holds only a `bcc` symlink (never all of dist-packages).
+# Runs every time (idempotent), so a venv made before python3-bpfcc was installed gets it too.
+DEBIAN_BCC := /usr/lib/python3/dist-packages/bcc
+
 venv: $(VENV)/.installed
+	@if [ -d $(DEBIAN_BCC) ]; then \
+		mkdir -p $(VENV)/system-bcc && ln -sfn $(DEBIAN_BCC) $(VENV)/system-bcc/bcc && \
+		echo "$(abspath $(VENV))/system-bcc" > \
+			"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/system-bcc.pth"; \
+	fi
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -12,6 +12,7 @@ import msgspec
 
 import ociresolve
 from ociresolve.output import json_line, printable, short_id, table
+from tracer.options import add_connect_arguments
 
 EXIT_OK: Final = 0
 EXIT_NOT_KUBERNETES: Final = 1
@@ -77,6 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     _node_options(listing)
     listing.set_defaults(run=_list)
+
+    trace = commands.add_parser(
+        "trace",
+        help="trace system calls with BPF and name the pod of each caller (root)",
+        description="Trace system calls with BPF (BCC) and name each caller's pod and container.",
+    )
+    tracers = trace.add_subparsers(required=True, metavar="TRACER")
+    connect = tracers.add_parser(
+        "connect",
+        help="connect() calls to the containerd socket (or other sockets and ports)",
+        description="The containerd socket tracer: one line per connect() to the traced "
+        "sockets, naming the caller's pod and container, until SIGINT or SIGTERM. Exit 2 "
+        "when BPF cannot run here (not root, no BCC, no kernel headers, no tracefs).",
+    )
+    add_connect_arguments(connect)
+    _node_options(connect)
+    _cri_options(connect)
+    connect.set_defaults(run=_trace_connect)
     return parser
 
 
@@ -105,6 +124,12 @@ def _cri_options(parser: argparse.ArgumentParser) -> None:
         "first of containerd's, k3s', cri-o's and cri-dockerd's sockets that exists)",
     )
     parser.add_argument("--no-cri", action="store_true", help="never ask the runtime over CRI")
+
+
+def _trace_connect(args: argparse.Namespace) -> int:
+    from tracer.connect import run  # the probe, and BCC, only for this command
+
+    return run(args)
 
 
 def _resolver(args: argparse.Namespace) -> ociresolve.Resolver:

@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""The main job, end to end, on a real containerd: run a pod through CRI as kubelet would, then
-resolve its bundles and its running process to the pod with ociresolve alone (no CRI call).
+"""The main job, end to end: the containerd socket tracer on a real containerd.
 
-    make demo        (root; installs containerd, runc and busybox-static first)
+Starts a private containerd, then ``ociresolve trace connect`` on its socket, then a pod
+created through CRI as kubelet would, whose containers connect to the containerd socket
+(bind-mounted into them, as a monitoring agent or a CI runner would have it): one connects and
+exits at once, and a second process is exec'd later into the other, like ``kubectl exec``. The
+tracer names each caller's pod and container from the node alone (``--no-cri``: not a single
+CRI call); a host process is reported as host. Then everything is torn down.
+
+    make demo        (root; installs containerd, runc, busybox-static and BCC first)
 """
 
 from __future__ import annotations
@@ -16,80 +22,90 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import (  # noqa: E402
+    UNIXCONNECT,
     Containerd,
     ContainerSpec,
+    TracerProcess,
+    bpf_requirements,
     build_images,
     import_images,
     requirements,
 )
 
-import ociresolve  # noqa: E402
+IN_CONTAINER = "/run/containerd/containerd.sock"
+_CONNECT = "import socket, sys; socket.socket(socket.AF_UNIX).connect(sys.argv[1])"
+
+
+def show(line: str) -> None:
+    print(line, flush=True)
 
 
 def main() -> int:
-    missing = requirements()
+    missing = requirements() or bpf_requirements()
     if missing:
-        print(f"demo: cannot run a real containerd here: {missing}", file=sys.stderr)
+        print(f"demo: cannot run the tracer on a real containerd here: {missing}", file=sys.stderr)
         return 2
     with (
         tempfile.TemporaryDirectory(prefix="ociresolve-demo-") as tmp,
         Containerd(Path(tmp)) as ctrd,
     ):
         import_images(ctrd.socket, build_images(Path(tmp) / "images"))
-        print(f"# private containerd pid {ctrd.pid}, state in {ctrd.state_dir}")
-        # The live index, started before the pod exists: it learns each container from its
-        # bundle's config.json, before the container's first process runs.
-        with ociresolve.Resolver(runtime_roots=[str(ctrd.state_dir)]) as resolver:
-            resolver.subscribe(_print_change)
+        show(f"# a private containerd (pid {ctrd.pid}), its socket at {ctrd.socket}")
+        args = [
+            "--socket",
+            str(ctrd.socket),  # as host processes name it
+            "--socket",
+            IN_CONTAINER,  # as the containers name it, through their bind mount
+            "--runtime-root",
+            str(ctrd.state_dir),
+            "--no-cri",
+        ]
+        show("$ ociresolve trace connect " + " ".join(args).replace(tmp, "$TMP"))
+        with TracerProcess(args, on_line=show) as tracer:
+            show("# a pod through CRI: 'cri-client' connects to the socket and exits at once")
             with ctrd.cri().pod(
                 "checkout-7d4b9c",
                 [
-                    ContainerSpec("app", ["sleep", "3600"]),
-                    ContainerSpec("sidecar", ["sleep", "3600"]),
+                    ContainerSpec(
+                        "cri-client",
+                        [UNIXCONNECT, IN_CONTAINER],
+                        mounts=[ctrd.socket_mount("/run/containerd")],
+                    ),
+                    ContainerSpec(
+                        "app", ["sleep", "3600"], mounts=[ctrd.socket_mount("/run/containerd")]
+                    ),
                 ],
                 namespace="shop",
             ) as pod:
-                print("\n# each container's process, resolved by the live index (no CRI call):")
-                for name in pod.containers:
-                    record = resolver.container(pod.container_id(name))
-                    assert record is not None and record.pid is not None
-                    answer = resolver.resolve_pid(record.pid)
-                    assert answer is not None
-                    by_cgroup = resolver.lookup_cgroup_id(record.cgroup_id or 0)
-                    meta = answer.meta
-                    print(
-                        f'level=info msg="process resolved" pid={record.pid} '
-                        f"pod={meta.pod_namespace}/{meta.pod_name} "
-                        f"container={meta.container_name} container_id={meta.container_id:.12} "
-                        f"source={answer.source} cgroup_id={record.cgroup_id} "
-                        f"by_cgroup_id={'yes' if by_cgroup == meta else 'no'}"
-                    )
-                sys.stdout.flush()
-                print("\n$ ociresolve list --runtime-root <containerd state>")
-                sys.stdout.flush()
+                tracer.wait_for(lambda line: "container=cri-client" in line)
+                show("# kubectl exec into 'app': a process that did not exist when it started")
                 subprocess.run(
                     [
-                        sys.executable,
-                        "-m",
-                        "ociresolve",
-                        "list",
-                        "--runtime-root",
-                        str(ctrd.state_dir),
+                        "ctr",
+                        "--address",
+                        str(ctrd.socket),
+                        "-n",
+                        "k8s.io",
+                        "task",
+                        "exec",
+                        "--exec-id",
+                        "demo-exec",
+                        pod.container_id("app"),
+                        UNIXCONNECT,
+                        IN_CONTAINER,
                     ],
                     check=True,
+                    capture_output=True,
+                    timeout=30,
                 )
-            print()
+                tracer.wait_for(lambda line: "container=app" in line)
+                show("# and a host process (kubelet, containerd, the shims and ctr are left out)")
+                subprocess.run(
+                    [sys.executable, "-c", _CONNECT, str(ctrd.socket)], check=True, timeout=30
+                )
+                tracer.wait_for(lambda line: "source=host" in line)
+                show("# the pod is torn down; SIGTERM to the tracer")
     return 0
-
-
-def _print_change(record: ociresolve.IndexedContainer, change: ociresolve.Change) -> None:
-    meta = record.meta
-    print(
-        f'level=info msg="container {change}" pod={meta.pod_namespace}/{meta.pod_name} '
-        f"container={meta.container_name or '(sandbox)'} container_id={meta.container_id:.12} "
-        f"pid={record.pid}",
-        flush=True,
-    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .errors import HarnessError
 from .image import PAUSE_IMAGE, UNIXCONNECT, WORKLOAD_IMAGE, ImageSet, build_images, import_images
 from .procs import is_alive
 from .requirements import bpf_requirements, requirements, root_requirements
+from .tracer_process import TracerProcess
 
 __all__ = [
     "PAUSE_IMAGE",
@@ -33,6 +34,7 @@ __all__ = [
     "Mount",
     "Pod",
     "PodFactory",
+    "TracerProcess",
     "bpf_requirements",
     "build_images",
     "import_images",

@@ -54,19 +54,33 @@ def requirements() -> str | None:
     return None
 
 
+# Where BCC 0.26 reads tracepoint formats: debugfs' tracing directory if it exists, else tracefs.
+_TRACEFS_DIRS = (Path("/sys/kernel/debug/tracing"), Path("/sys/kernel/tracing"))
+
+
 @functools.cache
 def bpf_requirements() -> str | None:
-    """Tests marked ``bpf``: root, BCC importable, kernel headers where BCC looks, tracefs."""
+    """Tests marked ``bpf``: root, BCC importable, kernel headers, tracefs, gcc for the helper."""
     reason = root_requirements()
     if reason is not None:
         return reason
-    if importlib.util.find_spec("bcc") is None:
-        return "python module bcc not importable (Debian python3-bpfcc, linked into the venv)"
+    try:
+        importlib.import_module("bcc")  # loads libbcc.so too, which find_spec would not
+    except (ImportError, OSError) as exc:
+        return (
+            f"python module bcc not importable ({exc}): Debian python3-bpfcc, linked into the "
+            f"venv by `make venv`; {INSTALL_HINT}"
+        )
     build = Path("/lib/modules") / os.uname().release / "build"
-    if not build.exists():
+    if not build.exists() and not Path("/sys/kernel/kheaders.tar.xz").exists():
         return f"no kernel headers at {build}: {INSTALL_HINT}"
-    if not Path("/sys/kernel/tracing/events").is_dir():
+    tracefs = next((d for d in _TRACEFS_DIRS if (d / "events").is_dir()), None)
+    if tracefs is None:
         return f"tracefs not mounted at /sys/kernel/tracing: {INSTALL_HINT}"
+    if not (tracefs / "events/syscalls/sys_enter_connect/format").exists():
+        return f"no syscalls:sys_enter_connect tracepoint under {tracefs} (CONFIG_FTRACE_SYSCALLS)"
+    if shutil.which("gcc") is None:
+        return f"gcc missing (builds the connect storm helper): {INSTALL_HINT}"
     return None
 
 

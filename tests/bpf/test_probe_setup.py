@@ -1,0 +1,91 @@
+"""ConnectProbe's arguments, filter keys and environment checks: no BPF, no root needed."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from tracer import _environment, _wire
+from tracer.errors import TracerUnavailable
+from tracer.probe import BPF_DIR_ENV, ConnectProbe
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"families": ("unix", "tcp")}, "families"),
+        ({"families": ()}, "families"),
+        ({"ring_pages": 3}, "power of two"),
+        ({"ports": [70000]}, "out of range"),
+        ({"unix_paths": ["/" + "x" * 107]}, "longer than"),
+        ({"unix_paths": [""]}, "empty"),
+        ({"exclude_comms": [""]}, "empty comm"),
+        ({"unix_paths": [f"/p{i}" for i in range(65)]}, "at most 64"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConnectProbe(**kwargs)  # type: ignore[arg-type]
+
+
+def test_unix_keys() -> None:
+    exact = _wire.unix_key("/run/a.sock")
+    assert exact.prefixlen == (len("/run/a.sock") + 1) * 8  # with its NUL: exact
+    assert bytes(exact.path)[:12] == b"/run/a.sock\0"
+    prefix = _wire.unix_key("/run/*")
+    assert prefix.prefixlen == len("/run/") * 8
+    assert _wire.unix_key("*").prefixlen == 0
+    abstract = _wire.unix_key("@name")
+    assert bytes(abstract.path)[:6] == b"\0name\0"
+    assert _wire.unix_key("/" + "x" * 106).prefixlen == 108 * 8
+
+
+def test_comm_keys_are_truncated_like_the_kernel() -> None:
+    assert _wire.comm_key("containerd-shim-runc-v2").comm == b"containerd-shim"
+
+
+def test_unix_address_decoding() -> None:
+    assert _wire._unix_address(b"/run/x.sock\0garbage") == "/run/x.sock"
+    assert _wire._unix_address(b"\0abs\0\0\0") == "@abs"
+    assert _wire._unix_address(b"/bad\xff") == "/bad\\xff"
+
+
+def test_decoder_reads_the_c_layout() -> None:
+    raw = _wire.RawEvent(time_ns=5, cgroup_id=7, tgid=10, tid=11, family=2, port=443, addrlen=6)
+    raw.comm = b"curl"
+    ctypes.memmove(raw.addr, bytes([1, 187, 10, 0, 0, 1]), 6)
+    seen: list[object] = []
+    _wire.decoder(seen.append)(None, ctypes.addressof(raw), ctypes.sizeof(raw))
+    assert seen == [(5, 10, 11, 7, "curl", "inet", "10.0.0.1:443", 443)]
+
+
+def test_source_path_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ConnectProbe().source_path == Path(__file__).resolve().parents[2] / "bpf/connect.bpf.c"
+    monkeypatch.setenv(BPF_DIR_ENV, str(tmp_path))
+    assert ConnectProbe().source_path == tmp_path / "connect.bpf.c"
+
+
+def test_privileges_need_sys_admin_or_bpf_and_perfmon(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapEff:\t0000000000000000\n")
+    with pytest.raises(TracerUnavailable, match="CAP_BPF and CAP_PERFMON"):
+        _environment.check_privileges(status)
+    status.write_text(f"CapEff:\t{(1 << 38) | (1 << 39):016x}\n")
+    _environment.check_privileges(status)
+    status.write_text(f"CapEff:\t{1 << 21:016x}\n")
+    _environment.check_privileges(status)
+
+
+def test_missing_kernel_headers_say_what_to_do() -> None:
+    with pytest.raises(
+        TracerUnavailable, match=r"no kernel headers at /lib/modules/0\.0-none/build"
+    ):
+        _environment.check_kernel_headers("0.0-none")
+
+
+def test_ringbuf_needs_5_8() -> None:
+    assert _environment.ringbuf_supported("5.8.0-1-amd64")
+    assert _environment.ringbuf_supported("6.18.44-fc")
+    assert not _environment.ringbuf_supported("5.4.0-150-generic")

@@ -1,0 +1,165 @@
+"""The poll loop with a fake probe: every event written as it comes, dedup, summaries."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+from tracerfakes import FakeProbe, event
+
+import ociresolve
+from tracer.attribution import Attribution
+from tracer.dedup import Dedup
+from tracer.events import ConnectEvent
+from tracer.loop import TraceLoop
+from tracer.output import JsonOutput, WallClock
+
+META = ociresolve.ContainerMeta(
+    runtime="containerd",
+    container_type="container",
+    container_id="a" * 64,
+    pod_name="web",
+    pod_namespace="shop",
+    container_name="app",
+)
+CONTAINER_CGROUP, HOST_CGROUP, GONE_CGROUP = 5000, 1, 6000
+SECOND = 1_000_000_000
+
+
+class FakeAttributor:
+    def attribute(self, event: ConnectEvent) -> Attribution:
+        if event.cgroup_id == CONTAINER_CGROUP:
+            return Attribution(META, "index", META.container_id)
+        if event.cgroup_id == HOST_CGROUP:
+            return Attribution(None, "host")
+        return Attribution(None, "unresolved")
+
+
+class Ticks:
+    """A clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(
+    batches: list[list[ConnectEvent]], *, dedup: float = 0, interval: float = 0, lost: int = 0
+) -> tuple[list[dict[str, object]], FakeProbe]:
+    stop = threading.Event()
+    probe = FakeProbe(batches, stop=stop, lost=lost)
+    probe.start()
+    out = io.StringIO()
+    loop = TraceLoop(
+        probe,
+        FakeAttributor(),  # type: ignore[arg-type]
+        JsonOutput(out, "node-1", WallClock(0)),
+        dedup=Dedup(dedup) if dedup else None,
+        summary_interval=interval,
+    )
+    loop.run(stop)
+    return [json.loads(line) for line in out.getvalue().splitlines()], probe
+
+
+def test_every_event_then_a_final_summary() -> None:
+    rows, probe = run(
+        [
+            [event(cgroup_id=CONTAINER_CGROUP), event(cgroup_id=HOST_CGROUP)],
+            [],
+            [event(cgroup_id=GONE_CGROUP)],
+        ],
+        lost=2,
+    )
+    assert [r.get("source") for r in rows] == ["index", "host", "unresolved", None]
+    assert rows[0]["pod_name"] == "web"
+    final = rows[-1]
+    assert final["msg"] == "containerd socket tracer stopped"
+    assert (final["events"], final["resolved"], final["host"], final["unresolved"]) == (3, 1, 1, 1)
+    assert final["lost"] == 2 and final["suppressed"] == 0
+    # Batches of 5 ms polls; once stopped, one last non-blocking poll drains the buffer.
+    assert probe.polls[:-1] == [5] * (len(probe.polls) - 1) and probe.polls[-1] == 0
+
+
+def test_each_line_is_flushed_before_the_next_event_is_resolved() -> None:
+    stop = threading.Event()
+    flushed: list[int] = []
+
+    class Stream(io.StringIO):
+        def flush(self) -> None:
+            flushed.append(self.getvalue().count("\n"))
+
+    class Counting(FakeAttributor):
+        def attribute(self, event: ConnectEvent) -> Attribution:
+            assert len(flushed) == event.tgid  # every earlier line already out
+            return super().attribute(event)
+
+    probe = FakeProbe([[event(tgid=0), event(tgid=1), event(tgid=2)]], stop=stop)
+    probe.start()
+    out = Stream()
+    TraceLoop(probe, Counting(), JsonOutput(out, "n", WallClock(0))).run(stop)  # type: ignore[arg-type]
+    assert flushed[:3] == [1, 2, 3]
+
+
+def test_dedup_suppresses_repeats_within_the_window() -> None:
+    same = {"tgid": 10, "cgroup_id": CONTAINER_CGROUP}
+    rows, _ = run(
+        [
+            [event(time_ns=1 * SECOND, **same), event(time_ns=2 * SECOND, **same)],
+            [
+                event(time_ns=3 * SECOND, tgid=11, cgroup_id=CONTAINER_CGROUP),  # another pid
+                event(time_ns=3 * SECOND, address="/other.sock", **same),  # another address
+                event(time_ns=11 * SECOND, **same),  # the window (from 1 s) is over
+                event(time_ns=12 * SECOND, **same),
+            ],
+        ],
+        dedup=10,
+    )
+    events = [r for r in rows if r["msg"] == "containerd socket connection opened"]
+    assert [(r["pid"], r["address"], r["time"][17:23]) for r in events] == [
+        (10, "/run/containerd/containerd.sock", "01.000"),
+        (11, "/run/containerd/containerd.sock", "03.000"),
+        (10, "/other.sock", "03.000"),
+        (10, "/run/containerd/containerd.sock", "11.000"),
+    ]
+    final = rows[-1]
+    assert (final["events"], final["suppressed"], final["resolved"]) == (6, 2, 6)
+
+
+def test_dedup_table_forgets_expired_keys() -> None:
+    dedup = Dedup(1)
+    for pid in range(100):
+        assert not dedup.repeat((pid, None, "/s"), 0)
+    assert dedup.repeat((5, None, "/s"), SECOND - 1)
+    dedup.expire(2 * SECOND)
+    assert len(dedup) == 0
+
+
+def test_periodic_summaries() -> None:
+    stop = threading.Event()
+    ticks = Ticks()
+
+    class Probe(FakeProbe):
+        def poll(self, timeout_ms: int) -> list[ConnectEvent]:
+            ticks.now += 25  # each poll "takes" 25 s
+            return super().poll(timeout_ms)
+
+    probe = Probe([[event(cgroup_id=CONTAINER_CGROUP)], [], [], [], []], stop=stop)
+    probe.start()
+    out = io.StringIO()
+    TraceLoop(
+        probe,
+        FakeAttributor(),  # type: ignore[arg-type]
+        JsonOutput(out, "n", WallClock(0)),
+        summary_interval=60,
+        clock=ticks,
+    ).run(stop)
+    msgs = [json.loads(line)["msg"] for line in out.getvalue().splitlines()]
+    assert msgs == [
+        "containerd socket connection opened",
+        "containerd socket tracer summary",  # at 75 s
+        "containerd socket tracer summary",  # at 150 s
+        "containerd socket tracer stopped",
+    ]

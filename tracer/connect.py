@@ -1,0 +1,168 @@
+"""``ociresolve trace connect``: the containerd socket tracer, end to end.
+
+Loads the probe (and BCC) only when run; starts an ``ociresolve.Resolver`` on the node; writes
+a start-up line, then one line per connection until SIGINT or SIGTERM, then a last summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import Final, Protocol, TextIO
+
+import ociresolve
+from tracer.attribution import Attributor
+from tracer.dedup import Dedup
+from tracer.errors import TracerUnavailable
+from tracer.events import ConnectEvent
+from tracer.loop import TraceLoop
+from tracer.options import FAMILIES
+from tracer.output import JsonOutput, LogfmtOutput, Output, Setting
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 2
+
+
+class StartableProbe(Protocol):
+    def start(self) -> object: ...
+
+    def poll(self, timeout_ms: int) -> list[ConnectEvent]: ...
+
+    @property
+    def lost(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class ProbeFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        families: Sequence[str],
+        unix_paths: Sequence[str],
+        ports: Sequence[int],
+        exclude_comms: Sequence[str],
+        include_comms: Sequence[str],
+    ) -> StartableProbe: ...
+
+
+class ProbeKind(Protocol):
+    """What ``tracer.probe`` provides: the probe class and its defaults."""
+
+    @property
+    def ConnectProbe(self) -> ProbeFactory: ...
+
+    @property
+    def DEFAULT_SOCKETS(self) -> Sequence[str]: ...
+
+    @property
+    def DEFAULT_EXCLUDED_COMMS(self) -> Sequence[str]: ...
+
+
+def node_name() -> str:
+    """``NODE_NAME`` (the downward API's ``spec.nodeName``), else the host name."""
+    return os.environ.get("NODE_NAME") or socket.gethostname()
+
+
+def load_probe() -> ProbeKind:
+    """``tracer.probe``, imported only now (BCC itself is imported when a probe starts)."""
+    from tracer import probe
+
+    return probe
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    probe_kind: ProbeKind | None = None,
+    stream: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Run the tracer until ``stop`` is set (by SIGINT or SIGTERM when on the main thread)."""
+    stream = sys.stdout if stream is None else stream
+    stop = threading.Event() if stop is None else stop
+    try:
+        if args.ports and args.family == "unix":
+            raise ValueError("--port needs --family inet, inet6 or all")
+        kind = load_probe() if probe_kind is None else probe_kind
+        sockets = list(args.sockets or kind.DEFAULT_SOCKETS)
+        excluded = [] if args.no_default_excludes else list(kind.DEFAULT_EXCLUDED_COMMS)
+        excluded += [c for c in args.exclude_comms if c not in excluded]
+        families = FAMILIES[args.family]
+        probe = kind.ConnectProbe(
+            families=families,
+            unix_paths=sockets,
+            ports=list(args.ports or ()),
+            exclude_comms=excluded,
+            include_comms=list(args.include_comms),
+        )
+        resolver = ociresolve.Resolver(
+            host_root=args.host_root,
+            runtime_roots=args.runtime_roots,
+            cri=not args.no_cri,
+            cri_socket=args.cri_socket,
+        )
+    except (TracerUnavailable, ValueError) as exc:
+        return _error(str(exc))
+    output: Output = (JsonOutput if args.output == "json" else LogfmtOutput)(stream, node_name())
+    settings: list[Setting] = [
+        ("family", args.family),
+        ("sockets", sockets if "unix" in families else None),
+        ("ports", list(args.ports) if args.ports else None),
+        ("exclude_comms", excluded or None),
+        ("include_comms", list(args.include_comms) or None),
+        ("runtime_roots", args.runtime_roots),
+        ("cri", "off" if args.no_cri else (args.cri_socket or "auto")),
+        ("dedup", args.dedup),
+        ("summary_interval", args.summary_interval),
+    ]
+    try:
+        probe.start()
+    except TracerUnavailable as exc:
+        probe.close()
+        return _error(str(exc))
+    try:
+        with resolver, _stop_on_signals(stop):  # the resolver indexes the node first
+            output.started(settings)
+            TraceLoop(
+                probe,
+                Attributor(resolver),
+                output,
+                dedup=Dedup(args.dedup) if args.dedup > 0 else None,
+                summary_interval=args.summary_interval,
+            ).run(stop)
+    except ociresolve.OciresolveError as exc:
+        return _error(str(exc))
+    finally:
+        probe.close()
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (the loop then drains, summarizes and returns)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals go to the main thread: its owner sets ``stop``
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _error(message: str) -> int:
+    print(f"ociresolve trace connect: {message}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
