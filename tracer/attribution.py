@@ -55,6 +55,8 @@ class Attributor:
         meta = resolver.lookup_cgroup_id(event.cgroup_id)
         if meta is not None:
             return Attribution(meta, "index", meta.container_id)
+        if event.cgroup_id in self._host_cgroups:
+            return HOST  # a host cgroup seen before: no /proc read for the node's own callers
         try:
             answer = resolver.resolve_pid(event.tgid)
             if answer is not None:

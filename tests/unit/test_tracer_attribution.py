@@ -102,6 +102,23 @@ def test_cri_answers_are_marked_cri() -> None:
         runtime="cri-dockerd", container_type="container", container_id="c" * 64, pod_name="p"
     )
     fake = CriOnlyResolver(meta)
-    who = Attributor(fake).attribute(event(tgid=77))  # type: ignore[arg-type]
+    who = Attributor(fake).attribute(event(tgid=77, cgroup_id=4242))  # type: ignore[arg-type]
     assert who == Attribution(meta, "cri", "c" * 64)
     assert fake.asked == [77]
+
+
+def test_a_host_cgroup_seen_once_costs_no_proc_read_again(node: tuple) -> None:
+    _, _, _, _, resolver = node
+    attributor = Attributor(resolver)
+    asked: list[int] = []
+    resolve_pid = resolver.resolve_pid
+
+    def counting(pid: int) -> ociresolve.Resolution | None:
+        asked.append(pid)
+        return resolve_pid(pid)
+
+    resolver.resolve_pid = counting  # type: ignore[method-assign]
+    system_slice = 777_001
+    for _ in range(3):
+        assert attributor.attribute(event(tgid=HOST_PID, cgroup_id=system_slice)) == HOST
+    assert asked == [HOST_PID]
