@@ -8,23 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from contract import META_FIELDS
 
 from ociresolve.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "bundles"
 CRIO = FIXTURES / "cri-o" / "2023-02-container-coredns-ig-blog"
 PODMAN = FIXTURES / "podman" / "2021-09-standalone-container-inspect-docs"
-META_FIELDS = {
-    "runtime",
-    "container_type",
-    "container_id",
-    "sandbox_id",
-    "pod_name",
-    "pod_namespace",
-    "pod_uid",
-    "container_name",
-    "image",
-}
 
 
 def test_json_lines_for_a_kubernetes_bundle(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from contract import META_FIELDS
 from fakecri import FakeCri, container_response, info_map
 from fakehost import FakeHost, Pod, containerd_cgroup_file, containerd_spec, new_id
 
@@ -18,17 +19,6 @@ from ociresolve.cli import main
 
 APP_PID = 4242
 SOCKET = "/run/fake-cri/cri.sock"  # on the host
-META_FIELDS = {
-    "runtime",
-    "container_type",
-    "container_id",
-    "sandbox_id",
-    "pod_name",
-    "pod_namespace",
-    "pod_uid",
-    "container_name",
-    "image",
-}
 
 
 @dataclass

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from contract import META_FIELDS
 from fakehost import (
     CONTAINERD_ROOT,
     CRIO_ROOT,
@@ -28,17 +29,6 @@ from ociresolve.cli import main
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
-META_FIELDS = {
-    "runtime",
-    "container_type",
-    "container_id",
-    "sandbox_id",
-    "pod_name",
-    "pod_namespace",
-    "pod_uid",
-    "container_name",
-    "image",
-}
 APP_PID, CRIO_PID, HOST_PID, FOREIGN_PID, MISSING_PID = 4242, 5151, 1, 6161, 999_999
 
 
