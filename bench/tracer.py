@@ -8,7 +8,9 @@ and measures, side by side in one run (medians over rounds):
 * per-connect overhead on a traced workload: ns per connect() with no probe loaded (the
   baseline, measured before the probe is loaded and after it is closed) and with the probe
   attached, for connects the in-kernel filters drop (a unix path or a UDP port that is not
-  traced) and for matching ones (every call an event, drained meanwhile by this process);
+  traced; a UDP connect while only the containerd sockets are traced, which the addrlen
+  pre-filter drops before reading the address) and for matching ones (every call an event,
+  drained meanwhile by this process);
 * events/s drained and decoded into ``ConnectEvent``s while a storm of matching UDP connects
   runs, the loss (kernel-side count of events the ring buffer had no room for), and the CPU
   time this process (the consumer) spends per event.
@@ -148,6 +150,14 @@ def main() -> None:
             "UDP connect, port filtered out",
             ["inet", "47010", "47010", n, "0"],
             ConnectProbe(families=("unix", "inet", "inet6"), ports=[47011]),
+            opts.rounds,
+            200,
+        )
+        overhead(
+            storm,
+            "UDP connect, only unix traced (pre-filtered)",
+            ["inet", "47010", "47010", n, "0"],
+            ConnectProbe(),
             opts.rounds,
             200,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import socket
+import struct
 from collections.abc import Callable
 
 from .events import ConnectEvent, Family
@@ -25,6 +26,9 @@ STAT_LOST = 1
 
 UNIX_PATH_MAX = 108
 COMM_LEN = 16
+SOCKADDR_FAMILY_LEN = 2  # the program reads nothing shorter than the family
+SOCKADDR_IN_LEN = 8  # family, port, address: shorter inet addrlens are filtered out
+SOCKADDR_IN6_LEN = 24  # family, port, flow info, address
 
 FAMILY_NUMBERS: dict[str, int] = {"unix": AF_UNIX, "inet": AF_INET, "inet6": AF_INET6}
 _FAMILY_NAMES: dict[int, Family] = {AF_UNIX: "unix", AF_INET: "inet", AF_INET6: "inet6"}
@@ -58,6 +62,8 @@ class Config(ctypes.Structure):
         ("families", ctypes.c_uint64),
         ("flags", ctypes.c_uint32),
         ("wakeup_every", ctypes.c_uint32),
+        ("min_addrlen", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
     )
 
 
@@ -96,6 +102,17 @@ def unix_key(pattern: str) -> UnixKey:
     key.prefixlen = len(raw) * 8
     ctypes.memmove(key.path, raw, len(raw))
     return key
+
+
+def unix_min_addrlen(key: UnixKey) -> int:
+    """The smallest connect() addrlen whose sun_path can match ``key``.
+
+    The program zero-fills what addrlen does not cover, so the key's trailing NULs (an exact
+    path's terminator) need not be in the caller's buffer; every longer addrlen can match too
+    (a NUL within it ends the path).
+    """
+    raw = bytes(key.path[: key.prefixlen // 8])
+    return SOCKADDR_FAMILY_LEN + len(raw.rstrip(b"\0"))
 
 
 def comm_key(comm: str) -> CommKey:
@@ -154,6 +171,66 @@ def decoder(sink: Callable[[ConnectEvent], object]) -> Callable[[object, int, in
         return 0
 
     return callback
+
+
+# One ring buffer record: the 8-byte header (length, page offset), struct oci_connect_event,
+# padding to 8 bytes.
+_RECORD = struct.Struct("<I4xQQIIHHH2x16s108s4x")
+EVENT_SIZE = 160
+assert _RECORD.size == 168
+
+
+def batch_decoder() -> Callable[[memoryview, list[ConnectEvent]], int]:
+    """Decodes runs of ring buffer records (header included) read straight from the ring.
+
+    Same events as ``decoder``; stops at the first record whose header is not a plain
+    submitted event (busy or discarded) and returns how many it decoded. The header is read
+    before the sample (struct unpacks in order), which with x86-64's load ordering is the
+    acquire load the protocol needs.
+    """
+    # (family, addrlen, addr) -> (family name, address, whether the port is reported)
+    addresses: dict[tuple[int, int, bytes], tuple[Family, str, bool]] = {}
+    comms: dict[bytes, str] = {}
+    iter_unpack = _RECORD.iter_unpack
+    new_event = tuple.__new__
+    inet_families = (AF_INET, AF_INET6)
+
+    def decode(chunk: memoryview, out: list[ConnectEvent]) -> int:
+        append = out.append
+        done = 0
+        for length, t, cgroup, tgid, tid, family, port, addrlen, comm_raw, addr in iter_unpack(
+            chunk
+        ):
+            if length != EVENT_SIZE:
+                break
+            done += 1
+            key = (family, addrlen, addr)
+            known = addresses.get(key)
+            if known is None:
+                known = (
+                    _FAMILY_NAMES.get(family, "other"),
+                    _address(family, addr[:addrlen]),
+                    family in inet_families,
+                )
+                if len(addresses) >= _CACHE_MAX:
+                    addresses.clear()
+                addresses[key] = known
+            comm = comms.get(comm_raw)
+            if comm is None:
+                comm = comm_raw.split(b"\0", 1)[0].decode(errors="backslashreplace")
+                if len(comms) >= _CACHE_MAX:
+                    comms.clear()
+                comms[comm_raw] = comm
+            name, address, inet = known
+            append(
+                new_event(
+                    ConnectEvent,
+                    (t, tgid, tid, cgroup, comm, name, address, port if inet else None),
+                )
+            )
+        return done
+
+    return decode
 
 
 def _address(family: int, addr: bytes) -> str:

@@ -8,10 +8,13 @@
                 ...
             if probe.lost: ...
 
-Filtering happens in the kernel (family, socket path or port, comm deny/allow lists), so a
+Filtering happens in the kernel (family, socket path or port, comm deny/allow lists; an
+``addrlen`` too short for any traced address is dropped before the address is read), so a
 host hammering connect() costs little and does not crowd the buffer. Events arrive through a
 BPF ring buffer submitted without wakeups and drained by ``poll`` every few milliseconds (the
-kernel forces a wakeup only when a backlog builds up); on kernels before 5.8, a perf buffer.
+kernel forces a wakeup only when a backlog builds up), read through mmap and decoded in batches
+(``_ringbuf.py``; BCC's per-event callback is the fallback); on kernels before 5.8, a perf
+buffer.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from . import _environment, _wire
+from . import _environment, _ringbuf, _wire
 from .errors import TracerUnavailable
 from .events import ConnectEvent
 
@@ -133,7 +136,12 @@ class ConnectProbe:
         self.delivery: Literal["ringbuf", "perf"] | None = None
         self.source_path = _source_path(bpf_dir)
         self._bpf: Any = None
+        self._ring: _ringbuf.RingReader | None = None
         self._pending: list[ConnectEvent] = []
+
+    #: Read the ring buffer through mmap (``tracer/_ringbuf.py``) rather than through BCC's
+    #: per-event ctypes callback, which stays the fallback; False forces the fallback (tests).
+    _direct_ring = True
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -174,6 +182,9 @@ class ConnectProbe:
     def close(self) -> None:
         """Detach and free the program; idempotent."""
         bpf, self._bpf = self._bpf, None
+        ring, self._ring = self._ring, None
+        if ring is not None:
+            ring.close()
         if bpf is not None:
             bpf.cleanup()
 
@@ -194,6 +205,13 @@ class ConnectProbe:
     def poll(self, timeout_ms: int = DEFAULT_POLL_MS) -> list[ConnectEvent]:
         """The events waiting now; if none, waits up to ``timeout_ms`` and drains again."""
         bpf = self._started()
+        ring = self._ring
+        if ring is not None:
+            events: list[ConnectEvent] = []
+            ring.drain(events)
+            if not events and timeout_ms > 0 and ring.wait(timeout_ms):
+                ring.drain(events)
+            return events
         if self.delivery == "ringbuf":
             bpf.ring_buffer_consume()
             if not self._pending and timeout_ms > 0:
@@ -204,8 +222,8 @@ class ConnectProbe:
             if not self._pending and timeout_ms > 0:
                 bpf.perf_buffer_poll(timeout_ms)
                 bpf.perf_buffer_consume()
-        events, self._pending = self._pending, []
-        return events
+        pending, self._pending = self._pending, []
+        return pending
 
     @property
     def lost(self) -> int:
@@ -216,6 +234,26 @@ class ConnectProbe:
     def matched(self) -> int:
         """Events that passed the filters (delivered or lost)."""
         return self._stat(_wire.STAT_MATCHED)
+
+    def min_addrlen(self) -> int:
+        """The kernel-side pre-filter: connects with a shorter addrlen are dropped unread.
+
+        Each traced family matches every addrlen from a minimum up (unix: 2 + the shortest
+        pattern's bytes without its terminating NUL; inet 8, inet6 24, other families 2), so
+        the union is everything from the smallest of them; addrlen is compared unsigned, as the
+        program reads it (a negative addrlen is read, capped, as before).
+        """
+        lows: list[int] = []
+        for family in self.families:
+            if family == "unix":
+                lows.extend(_wire.unix_min_addrlen(key) for key in self._unix_keys)
+            elif family == "inet":
+                lows.append(_wire.SOCKADDR_IN_LEN)
+            elif family == "inet6":
+                lows.append(_wire.SOCKADDR_IN6_LEN)
+            else:  # other, all
+                lows.append(_wire.SOCKADDR_FAMILY_LEN)
+        return max(_wire.SOCKADDR_FAMILY_LEN, min(lows))
 
     def cflags(self, delivery: Literal["ringbuf", "perf"] = "ringbuf") -> list[str]:
         """The compiler flags of the C file for this configuration."""
@@ -266,12 +304,25 @@ class ConnectProbe:
             flags |= _wire.F_ALLOW_COMMS
         config.families = mask
         config.flags = flags
+        config.min_addrlen = self.min_addrlen()
         # Wake the consumer when a quarter of the ring could be waiting, whichever CPU fills it.
         capacity = self.ring_pages * 4096 // (ctypes.sizeof(_wire.RawEvent) + 8)
         config.wakeup_every = max(1, capacity // (4 * (os.cpu_count() or 1)))
         return config
 
     def _open_buffer(self, bpf: Any, delivery: str) -> None:
+        if delivery == "ringbuf" and self._direct_ring and _ringbuf.supported():
+            table = bpf[b"events"]
+            try:
+                self._ring = _ringbuf.RingReader(
+                    table.map_fd,
+                    int(table.max_entries),
+                    _wire.EVENT_SIZE,
+                    _wire.batch_decoder(),
+                )
+                return
+            except (OSError, ValueError):
+                pass  # BCC's callback per event below: slower, same events
         callback = _wire.decoder(self._collect)
         if delivery == "ringbuf":
             bpf[b"events"].open_ring_buffer(callback)
