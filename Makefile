@@ -45,8 +45,8 @@ demo: system venv
 
 bench: venv
 	$(PY) bench/parsers.py
-	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/index.py && $(PY) bench/cri.py; \
-	else echo "not root: skipping bench/index.py and bench/cri.py (they run a private containerd)"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/index.py && $(PY) bench/cri.py && $(PY) bench/tracer.py; \
+	else echo "not root: skipping bench/index.py, cri.py and tracer.py (containerd, BPF)"; fi
 
 proto: venv
 	PYTHON=$(PY) scripts/gen-proto
