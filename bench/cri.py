@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from _timing import fmt, median_seconds, row
+from _timing import fmt, interleaved, row, wait_for
 
 from ociresolve import IndexedContainer, Resolver
 from ociresolve.cri.client import GrpcCriClient
@@ -73,7 +73,9 @@ def bench(base: Path, spawns: int) -> None:
             ) as cached,
         ):
             container_id = pod.container_id("app")
-            record = _wait_for(lambda: _mapped(indexed.container(container_id)))
+            record = wait_for(
+                lambda: _mapped(indexed.container(container_id)), "the container in the index"
+            )
             assert record.cgroup_id is not None and record.pid is not None
             cgroup_id, pid = record.cgroup_id, record.pid
             version = cri.version().runtime_version
@@ -117,13 +119,13 @@ def _report(
     spawned: _Spawned,
 ) -> None:
     assert cached.cri is not None
-    hit, pid_hit, cache_hit, resolve_hit = _interleaved(
+    hit, pid_hit, cache_hit, resolve_hit = interleaved(
         functools.partial(indexed.lookup_cgroup_id, cgroup_id),
         functools.partial(indexed.lookup_pid, pid),
         functools.partial(cached.lookup_container, container_id),
         functools.partial(cached.cri.resolve, container_id),
     )
-    rtt, miss = _interleaved(
+    rtt, miss = interleaved(
         status, functools.partial(uncached.lookup_container, container_id), repeat=7
     )
     spawn = statistics.median(spawned.lookups)
@@ -189,26 +191,8 @@ def _cut(values: list[float], percent: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
 
-def _interleaved(*fns: Callable[[], Any], rounds: int = 5, repeat: int = 5) -> list[float]:
-    """Medians of ``fns`` measured in alternation, so that a noisy moment hits all of them."""
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, times in zip(fns, samples, strict=True):
-            times.append(median_seconds(fn, repeat=repeat))
-    return [statistics.median(times) for times in samples]
-
-
 def _mapped(record: IndexedContainer | None) -> IndexedContainer | None:
     return record if record is not None and record.cgroup_id and record.pid else None
-
-
-def _wait_for(fn: Callable[[], IndexedContainer | None], timeout: float = 10.0) -> IndexedContainer:
-    deadline = time.monotonic() + timeout
-    while (value := fn()) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the container never showed up in the index")
-        time.sleep(0.005)
-    return value
 
 
 def main() -> int:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
-from _timing import fmt, median_seconds, row
+from _timing import fmt, interleaved, median_seconds, row, wait_for
 from inotify_simple import INotify
 from inotify_simple import flags as iflags
 from parsers import realistic_spec
@@ -71,7 +71,9 @@ def bench_real_containerd(base: Path) -> None:
             cri.pod("bench-4c1d", app, namespace="bench") as pod,
         ):
             container_id = pod.container_id("app")
-            record = _wait_for(lambda: _mapped(resolver.container(container_id)))
+            record = wait_for(
+                lambda: _mapped(resolver.container(container_id)), "the container in the index"
+            )
             assert record.cgroup_id is not None and record.pid is not None
             cgroup_id, pid = record.cgroup_id, record.pid
             # The answers are right, and the lookups below take the index's hit path.
@@ -96,7 +98,7 @@ def _bench_lookup_cgroup_id(
     bare = {cgroup_id: meta}
     status = functools.partial(cri.container_status, container_id, verbose=True)
     assert status().info["info"]
-    dict_hit, hit = _interleaved(
+    dict_hit, hit = interleaved(
         functools.partial(bare.get, cgroup_id),
         functools.partial(resolver.lookup_cgroup_id, cgroup_id),
     )
@@ -126,31 +128,13 @@ def _bench_lookup_pid(resolver: Resolver, pid: int) -> None:
         finally:
             os.close(fd)
 
-    read, lookup = _interleaved(bare_read, functools.partial(resolver.lookup_pid, pid))
+    read, lookup = interleaved(bare_read, functools.partial(resolver.lookup_pid, pid))
     print(row("os.open/os.read/os.close of /proc/<pid>/cgroup (baseline)", read, read))
     print(row("resolver.lookup_pid(pid), hit", lookup, read, "target <= 1.3x"))
 
 
 def _mapped(record: IndexedContainer | None) -> IndexedContainer | None:
     return record if record is not None and record.cgroup_id and record.pid else None
-
-
-def _wait_for(fn: Callable[[], IndexedContainer | None], timeout: float = 10.0) -> IndexedContainer:
-    deadline = time.monotonic() + timeout
-    while (value := fn()) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the container never showed up in the index")
-        time.sleep(0.005)
-    return value
-
-
-def _interleaved(*fns: Callable[[], Any], rounds: int = 5) -> list[float]:
-    """Medians of ``fns`` measured in alternation, so that a noisy moment hits all of them."""
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, times in zip(fns, samples, strict=True):
-            times.append(median_seconds(fn, repeat=5))
-    return [statistics.median(times) for times in samples]
 
 
 # -- part 2: index latency under churn ---------------------------------------------------------
