@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import functools
 import gc
 import json
@@ -39,8 +38,6 @@ from typing import Any, NamedTuple
 
 import msgspec
 from _timing import fmt, interleaved, median_seconds, row, wait_for
-from inotify_simple import INotify
-from inotify_simple import flags as iflags
 from parsers import realistic_spec
 
 from ociresolve import Change, IndexedContainer, Resolver, normalize
@@ -140,11 +137,15 @@ def _mapped(record: IndexedContainer | None) -> IndexedContainer | None:
 # -- part 2: index latency under churn ---------------------------------------------------------
 
 
+def _cgroups_path(n: int) -> str:
+    return f"/kubepods/besteffort/pod-bench/{n:064x}"
+
+
 def _config(n: int) -> bytes:
     """A realistic 20 KB containerd 1.6 container ``config.json``."""
     spec: dict[str, Any] = realistic_spec()
     spec["annotations"]["io.kubernetes.cri.sandbox-id"] = f"{n // 2:064x}"
-    spec["linux"]["cgroupsPath"] = f"/kubepods/besteffort/pod-bench/{n:064x}"
+    spec["linux"]["cgroupsPath"] = _cgroups_path(n)
     return json.dumps(spec, separators=(",", ":")).encode()
 
 
@@ -380,12 +381,18 @@ _SCAN_KINDS = ("floor", "start", "scan")
 
 
 def bench_scan(base: Path, bundles: int, runs: int = 7) -> None:
+    # A node of running containers, under a host root on tmpfs: each bundle with its init.pid
+    # and its cgroup v2 directory (a fake cgroup2 mount: a cgroup.controllers file).
     root = base / "scan"
-    tree = root / TASKS
+    tree = root / "run" / "containerd" / TASKS
     tree.mkdir(parents=True)
-    config = _config(0)
+    cgroup2 = root / "sys" / "fs" / "cgroup"
+    cgroup2.mkdir(parents=True)
+    (cgroup2 / "cgroup.controllers").touch()
     for n in range(bundles):
+        config = _config(n)
         _make_bundle(tree, f"{n:064x}", config)
+        (cgroup2 / _cgroups_path(n).lstrip("/")).mkdir(parents=True)
     print(
         f"Resolver.start() on {bundles} bundles of {len(config) / 1024:.0f} KB (tmpfs; each "
         f"measurement in a fresh process, the kinds alternated; median of {runs}, and best)"
@@ -452,18 +459,17 @@ class _Spec(msgspec.Struct):
 
 def _floor(root: str) -> int:
     """What ``start()`` cannot avoid, inlined with no error handling and no index: list the
-    bundles; per bundle, an inotify watch, open/fstat/read/close and decode ``config.json``,
-    normalize, open/read/close ``init.pid``, stat the cgroup directory."""
+    bundles; per bundle, open/read/close and decode ``config.json``, normalize, open/read/close
+    ``init.pid``, stat the cgroup directory. (A running container's bundle needs no inotify
+    watch of its own: its removal is seen from its parent.)"""
     decoder = msgspec.json.Decoder(_Spec)
-    tree = f"{root}/{TASKS}"
-    mask = iflags.CLOSE_WRITE | iflags.MOVED_TO | iflags.ONLYDIR
+    tree = f"{root}/run/containerd/{TASKS}"
     found = 0
-    with INotify(nonblocking=True) as inotify, os.scandir(tree) as entries:
+    with os.scandir(tree) as entries:
         for entry in entries:
             bundle = entry.path
-            inotify.add_watch(bundle, mask)
             fd = os.open(f"{bundle}/config.json", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            data = os.read(fd, os.fstat(fd).st_size + 1)
+            data = os.read(fd, 65536)
             os.close(fd)
             spec = decoder.decode(data)
             assert spec.annotations is not None and spec.linux is not None
@@ -471,8 +477,7 @@ def _floor(root: str) -> int:
             fd = os.open(f"{bundle}/init.pid", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             os.read(fd, 32)
             os.close(fd)
-            with contextlib.suppress(OSError):  # the synthetic cgroups do not exist
-                os.stat(f"/sys/fs/cgroup/unified/{spec.linux.cgroupsPath}")
+            os.stat(f"{root}/sys/fs/cgroup/{spec.linux.cgroupsPath}")
     return found
 
 
@@ -486,10 +491,11 @@ def child_scan(root: str, bundles: int, kind: str) -> int:
     if kind == "floor":
         count = _floor(root)
     elif kind == "scan":
-        count = len(Resolver(runtime_roots=[root]).scan().index)
+        count = len(Resolver(host_root=root, runtime_roots=["/run/containerd"]).scan().index)
     else:
-        resolver = Resolver(runtime_roots=[root]).start()
+        resolver = Resolver(host_root=root, runtime_roots=["/run/containerd"]).start()
         count = len(resolver.index)
+        assert all(r.cgroup_id and r.pid for r in resolver.containers())
     seconds = time.perf_counter() - start
     assert count == bundles, count
     gc.collect()

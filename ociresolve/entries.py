@@ -22,39 +22,46 @@ def read_entry(paths: HostPaths, bundle: str, layout: Layout) -> IndexedContaine
     Raises ``BundleError`` (``retryable`` while ``config.json`` is missing or half-written).
     """
     # The file itself, not the directory: saves load_bundle an open, fstat and close of it.
-    spec = load_bundle(os.path.join(bundle, CONFIG_NAME))
+    spec = load_bundle(f"{bundle}/{CONFIG_NAME}")
     meta = normalize(
         spec.annotations, container_id=spec.container_id, cgroups_path=spec.cgroups_path
     )
     if meta is None or meta.container_id is None:
         return None
-    record = IndexedContainer(
+    return IndexedContainer(
         meta=meta,
         bundle=bundle,
         cgroups_path=spec.cgroups_path,
-        pid=read_pid_file(os.path.join(bundle, layout.pid_file)),
+        pid=read_pid_file(f"{bundle}/{layout.pid_file}"),
+        cgroup_id=cgroup_id_of(paths, spec.cgroups_path),
     )
-    return with_cgroup_id(paths, record)
 
 
 def with_cgroup_id(paths: HostPaths, record: IndexedContainer) -> IndexedContainer:
     """``record`` with its cgroup id, if its cgroup v2 directory exists now."""
-    if record.cgroup_id is not None or not record.cgroups_path:
+    if record.cgroup_id is not None:
         return record
-    directory = paths.cgroup2_dir(cgroup_dir(record.cgroups_path))
+    inode = cgroup_id_of(paths, record.cgroups_path)
+    return record if inode is None else msgspec.structs.replace(record, cgroup_id=inode)
+
+
+def cgroup_id_of(paths: HostPaths, cgroups_path: str | None) -> int | None:
+    """The inode of the cgroup v2 directory a ``cgroupsPath`` names, if it exists now."""
+    if not cgroups_path:
+        return None
+    directory = paths.cgroup2_dir(cgroup_dir(cgroups_path))
     if directory is None:
-        return record
+        return None
     try:
-        inode = os.stat(directory).st_ino
+        return os.stat(directory).st_ino
     except OSError:
-        return record  # not created yet (the container has not started), or gone
+        return None  # not created yet (the container has not started), or gone
     except ValueError:
-        return record  # a NUL byte in an untrusted cgroupsPath: no such directory
-    return msgspec.structs.replace(record, cgroup_id=inode)
+        return None  # a NUL byte in an untrusted cgroupsPath: no such directory
 
 
 def with_pid(paths: HostPaths, record: IndexedContainer, layout: Layout) -> IndexedContainer:
-    pid = read_pid_file(os.path.join(record.bundle, layout.pid_file))
+    pid = read_pid_file(f"{record.bundle}/{layout.pid_file}")
     if pid is not None and pid != record.pid:
         record = msgspec.structs.replace(record, pid=pid)
     return with_cgroup_id(paths, record)

@@ -99,9 +99,12 @@ class HostPaths:
         """The directory of a cgroup v2 path relative to the mount; ``None`` without cgroup v2,
         or when the (untrusted) path would lead out of the mount."""
         mount = self.cgroup2
-        if mount is None:
+        relative = relative.strip("/")
+        if mount is None or not relative:
             return None
-        path = os.path.normpath(os.path.join(mount, relative.lstrip("/")))
+        if ".." not in relative.split("/"):
+            return f"{mount}/{relative}"
+        path = os.path.normpath(os.path.join(mount, relative))
         return path if path.startswith(mount + os.sep) else None
 
     def cri_socket(self, explicit: str | None = None) -> str | None:

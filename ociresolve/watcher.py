@@ -58,7 +58,7 @@ class _Watch:
 
     def child(self, name: str) -> _Watch | None:
         """The watch a subdirectory ``name`` would get, if it belongs to a layout."""
-        path = os.path.join(self.path, name)
+        path = f"{self.path}/{name}"  # os.path.join costs more, once per bundle
         if self.layout is None:
             layout = next((lay for lay in LAYOUTS if lay.levels[0] == name), None)
             return None if layout is None else _Watch(path, layout, 1)
@@ -200,7 +200,19 @@ class Watcher:
     # -- watching and scanning -----------------------------------------------------------------
 
     def _add(self, watch: _Watch, found: set[str] | None) -> None:
-        """Watch a directory, then scan it: its subdirectories, or a bundle's files."""
+        """Watch a directory, then scan it: its subdirectories, or a bundle's files.
+
+        A bundle that is complete when found (a Kubernetes container with its init PID and its
+        cgroup id) is not watched: nothing the index reads changes in it any more, and its
+        removal is seen from its parent. That is one inotify watch fewer per running container
+        (and per rescan), which the start-up scan of a busy node feels.
+        """
+        if watch.is_bundle:
+            if found is not None:
+                found.add(watch.path)
+            complete = self._index_bundle(watch, quiet=self._inotify is not None)
+            if complete or self._inotify is None:
+                return
         if self._inotify is not None:
             try:
                 wd = self._inotify.add_watch(
@@ -217,8 +229,7 @@ class Watcher:
             else:
                 self._watches[wd] = watch
         if watch.is_bundle:
-            if found is not None:
-                found.add(watch.path)
+            # Again, now that the watch exists: what was written before it sent no event.
             self._index_bundle(watch)
             return
         try:
@@ -231,17 +242,24 @@ class Watcher:
             if child is not None:
                 self._add(child, found)
 
-    def _index_bundle(self, watch: _Watch) -> None:
+    def _index_bundle(self, watch: _Watch, *, quiet: bool = False) -> bool:
+        """Index a bundle; true when its record is complete (nothing left to learn in it).
+
+        ``quiet``: a final error is not reported (it will be, on the read that follows)."""
         assert watch.layout is not None
         try:
             record = read_entry(self.paths, watch.path, watch.layout)
         except BundleError as exc:
-            if not exc.retryable:  # a half-written file waits for its close event
+            if not exc.retryable and not quiet:  # a half-written file waits for its close
                 self.bundle_errors += 1
                 log.warning("watcher: %s", exc)
-            return
-        if record is not None:
-            self.index.put(record)
+            return False
+        if record is None:
+            return False
+        self.index.put(record)
+        return record.pid is not None and (
+            record.cgroup_id is not None or self.paths.cgroup2 is None
+        )
 
     def _watch_parent_of(self, root: str, found: set[str] | None = None) -> None:
         """Watch the nearest existing parent of a root that does not exist yet."""
