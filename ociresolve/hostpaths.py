@@ -75,9 +75,6 @@ class HostPaths:
     def proc_cgroup(self, pid: int) -> str:
         return f"{self._proc}/{pid}/cgroup"
 
-    def proc_dir(self, pid: int) -> str:
-        return f"{self._proc}/{pid}"
-
     @property
     def cgroup2(self) -> str | None:
         """The cgroup v2 mount (whose directory inodes are BPF's cgroup ids), or ``None``.
