@@ -1,0 +1,1 @@
+"""The node daemon (``ociresolve serve``): the local gRPC API, metrics, health and logs."""
