@@ -40,3 +40,12 @@ class CriUnavailable(OciresolveError):
         self.endpoint = endpoint
         self.reason = reason
         self.code = code
+
+
+class DaemonUnavailable(OciresolveError):
+    """The ociresolve daemon's socket did not answer (not running, not there, too slow)."""
+
+    def __init__(self, socket: str, reason: str) -> None:
+        super().__init__(f"ociresolve daemon at {socket}: {reason}")
+        self.socket = socket
+        self.reason = reason

@@ -16,7 +16,7 @@ from types import TracebackType
 
 from ociresolve.cgroup import parse_cgroup
 from ociresolve.cri.client import DEFAULT_TIMEOUT, CriClient, GrpcCriClient
-from ociresolve.cri.fallback import CriFallback
+from ociresolve.cri.fallback import CriFallback, Observer
 from ociresolve.entries import read_entry, with_cgroup_id
 from ociresolve.errors import BundleError, OciresolveError, ProcessNotFound
 from ociresolve.hostpaths import HostPaths
@@ -50,7 +50,8 @@ class Resolver:
 
     ``cri``: resolve what neither the index nor a bundle knows over CRI (``cri_socket``, a host
     path, or the first of the default sockets that exists), each call with ``cri_timeout``;
-    ``cri_client`` replaces the gRPC client (tests inject faults with it).
+    ``cri_client`` replaces the gRPC client (tests inject faults with it); ``cri_observer`` is
+    called with (method, outcome, seconds) after every CRI call (metrics).
     """
 
     def __init__(
@@ -63,12 +64,16 @@ class Resolver:
         cri_socket: str | None = None,
         cri_timeout: float = DEFAULT_TIMEOUT,
         cri_client: CriClient | None = None,
+        cri_observer: Observer | None = None,
     ) -> None:
         self.paths = HostPaths(host_root, runtime_roots)
         self.cri_enabled = cri
         self._cri_socket = cri_socket
         self._cri_timeout = cri_timeout
-        self._cri: CriFallback | None = CriFallback(cri_client) if cri_client and cri else None
+        self._cri_observer = cri_observer
+        self._cri: CriFallback | None = (
+            CriFallback(cri_client, observer=cri_observer) if cri_client and cri else None
+        )
         self._cri_checked_at = -_SOCKET_RECHECK
         self._closed = False
         self._disk_misses: dict[str, float] = {}  # container id -> perf_counter() expiry
@@ -145,6 +150,13 @@ class Resolver:
 
     def lookup_container(self, container_id: str) -> ContainerMeta | None:
         return self._by_id.get(container_id) or self._container_miss(container_id)
+
+    def resolve_container(self, container_id: str) -> Resolution | None:
+        """``lookup_container`` that also says where the answer came from."""
+        meta = self._by_id.get(container_id)
+        if meta is not None:
+            return Resolution(meta=meta, source="index")
+        return self._miss(container_id, None)
 
     def resolve_pid(self, pid: int) -> Resolution | None:
         """``lookup_pid`` that also says where the answer came from."""
@@ -289,7 +301,7 @@ class Resolver:
                 socket = self.paths.cri_socket(self._cri_socket)
                 if socket is not None:
                     client = GrpcCriClient(socket, timeout=self._cri_timeout)
-                    self._cri = CriFallback(client)
+                    self._cri = CriFallback(client, observer=self._cri_observer)
             return self._cri
 
     def _cgroup_miss(self, cgroup_id: int) -> ContainerMeta | None:

@@ -98,6 +98,11 @@ class Watcher:
         self._thread = threading.Thread(target=self._run, name="ociresolve-watcher", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """The watching thread runs (for health checks)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def close(self) -> None:
         self._stop.set()
         if self._wake_w >= 0:

@@ -18,7 +18,8 @@ from types import FrameType
 from typing import Final, Protocol, TextIO
 
 import ociresolve
-from tracer.attribution import Attributor
+from tracer.attribution import Attributor, Resolving
+from tracer.counts import Counts
 from tracer.dedup import Dedup
 from tracer.errors import TracerUnavailable
 from tracer.events import ConnectEvent
@@ -78,6 +79,85 @@ def load_probe() -> ProbeKind:
     return probe
 
 
+class ConnectTracer:
+    """The probe, its output and its loop, over a resolver the caller owns and starts.
+
+    ``ociresolve trace connect`` runs one with a resolver of its own; ``ociresolve serve
+    --trace-connect`` with the daemon's. The constructor checks the options and builds the
+    probe (raising ``ValueError`` or ``TracerUnavailable``); ``start()`` loads it into the
+    kernel (``TracerUnavailable``); ``run(stop)`` traces until ``stop`` is set.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        *,
+        probe_kind: ProbeKind | None = None,
+        stream: TextIO | None = None,
+    ) -> None:
+        if args.ports and args.family == "unix":
+            raise ValueError("--port needs --family inet, inet6 or all")
+        kind = load_probe() if probe_kind is None else probe_kind
+        sockets = list(args.sockets or kind.DEFAULT_SOCKETS)
+        excluded = [] if args.no_default_excludes else list(kind.DEFAULT_EXCLUDED_COMMS)
+        excluded += [c for c in args.exclude_comms if c not in excluded]
+        families = FAMILIES[args.family]
+        self.probe = kind.ConnectProbe(
+            families=families,
+            unix_paths=sockets,
+            ports=list(args.ports or ()),
+            exclude_comms=excluded,
+            include_comms=list(args.include_comms),
+        )
+        output_type = JsonOutput if args.output == "json" else LogfmtOutput
+        self.output: Output = output_type(sys.stdout if stream is None else stream, node_name())
+        self.settings: list[Setting] = [
+            ("family", args.family),
+            ("sockets", sockets if "unix" in families else None),
+            ("ports", list(args.ports) if args.ports else None),
+            ("exclude_comms", excluded or None),
+            ("include_comms", list(args.include_comms) or None),
+            ("runtime_roots", args.runtime_roots),
+            ("cri", "off" if args.no_cri else (args.cri_socket or "auto")),
+            ("dedup", args.dedup),
+            ("summary_interval", args.summary_interval),
+        ]
+        self._dedup = args.dedup
+        self._summary_interval = args.summary_interval
+        self.loop: TraceLoop | None = None
+
+    def start(self) -> None:
+        """Compile and attach the probe (``TracerUnavailable`` when BPF cannot run here)."""
+        try:
+            self.probe.start()
+        except TracerUnavailable:
+            self.probe.close()
+            raise
+
+    def run(self, resolver: Resolving, stop: threading.Event) -> Counts:
+        """Write the start-up line, then trace until ``stop`` is set; the last summary."""
+        self.output.started(self.settings)
+        self.loop = TraceLoop(
+            self.probe,
+            Attributor(resolver),
+            self.output,
+            dedup=Dedup(self._dedup) if self._dedup > 0 else None,
+            summary_interval=self._summary_interval,
+        )
+        return self.loop.run(stop)
+
+    def counts(self) -> Counts | None:
+        """The totals so far (``lost`` read from the kernel now), or ``None`` before ``run``."""
+        if self.loop is None:
+            return None
+        counts = self.loop.counts
+        counts.lost = self.probe.lost
+        return counts
+
+    def close(self) -> None:
+        self.probe.close()
+
+
 def run(
     args: argparse.Namespace,
     *,
@@ -86,67 +166,30 @@ def run(
     stop: threading.Event | None = None,
 ) -> int:
     """Run the tracer until ``stop`` is set (by SIGINT or SIGTERM when on the main thread)."""
-    stream = sys.stdout if stream is None else stream
     stop = threading.Event() if stop is None else stop
     try:
-        if args.ports and args.family == "unix":
-            raise ValueError("--port needs --family inet, inet6 or all")
-        kind = load_probe() if probe_kind is None else probe_kind
-        sockets = list(args.sockets or kind.DEFAULT_SOCKETS)
-        excluded = [] if args.no_default_excludes else list(kind.DEFAULT_EXCLUDED_COMMS)
-        excluded += [c for c in args.exclude_comms if c not in excluded]
-        families = FAMILIES[args.family]
-        probe = kind.ConnectProbe(
-            families=families,
-            unix_paths=sockets,
-            ports=list(args.ports or ()),
-            exclude_comms=excluded,
-            include_comms=list(args.include_comms),
-        )
+        tracer = ConnectTracer(args, probe_kind=probe_kind, stream=stream)
         resolver = ociresolve.Resolver(
             host_root=args.host_root,
             runtime_roots=args.runtime_roots,
             cri=not args.no_cri,
             cri_socket=args.cri_socket,
         )
+        tracer.start()
     except (TracerUnavailable, ValueError) as exc:
         return _error(str(exc))
-    output: Output = (JsonOutput if args.output == "json" else LogfmtOutput)(stream, node_name())
-    settings: list[Setting] = [
-        ("family", args.family),
-        ("sockets", sockets if "unix" in families else None),
-        ("ports", list(args.ports) if args.ports else None),
-        ("exclude_comms", excluded or None),
-        ("include_comms", list(args.include_comms) or None),
-        ("runtime_roots", args.runtime_roots),
-        ("cri", "off" if args.no_cri else (args.cri_socket or "auto")),
-        ("dedup", args.dedup),
-        ("summary_interval", args.summary_interval),
-    ]
     try:
-        probe.start()
-    except TracerUnavailable as exc:
-        probe.close()
-        return _error(str(exc))
-    try:
-        with resolver, _stop_on_signals(stop):  # the resolver indexes the node first
-            output.started(settings)
-            TraceLoop(
-                probe,
-                Attributor(resolver),
-                output,
-                dedup=Dedup(args.dedup) if args.dedup > 0 else None,
-                summary_interval=args.summary_interval,
-            ).run(stop)
+        with resolver, stop_on_signals(stop):  # the resolver indexes the node first
+            tracer.run(resolver, stop)
     except ociresolve.OciresolveError as exc:
         return _error(str(exc))
     finally:
-        probe.close()
+        tracer.close()
     return EXIT_OK
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT and SIGTERM set ``stop`` (the loop then drains, summarizes and returns)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signals go to the main thread: its owner sets ``stop``

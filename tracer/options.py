@@ -38,10 +38,20 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
-    """The tracer's own options (the node and CRI options are the other commands')."""
+def add_connect_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = ""
+) -> None:
+    """The tracer's own options (the node and CRI options are the other commands').
+
+    ``prefix`` goes before each option's name (``ociresolve serve`` has ``--trace-socket``,
+    its own ``--socket`` being the API's); the attributes are named the same either way.
+    """
+
+    def option(name: str) -> str:
+        return f"--{prefix}{name}"
+
     parser.add_argument(
-        "--socket",
+        option("socket"),
         action="append",
         dest="sockets",
         metavar="PATH",
@@ -50,13 +60,14 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         "the path it sees, e.g. /run/containerd/containerd.sock through a bind mount",
     )
     parser.add_argument(
-        "--family",
+        option("family"),
+        dest="family",
         choices=sorted(FAMILIES),
         default="unix",
         help="the address families to trace (default: unix)",
     )
     parser.add_argument(
-        "--port",
+        option("port"),
         action="append",
         dest="ports",
         type=_port,
@@ -64,7 +75,7 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --family inet, inet6 or all: only TCP/UDP connects to this port (repeatable)",
     )
     parser.add_argument(
-        "--exclude-comm",
+        option("exclude-comm"),
         action="append",
         dest="exclude_comms",
         default=[],
@@ -73,12 +84,13 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         "components (kubelet, containerd, containerd-shim*, ctr, crictl, ...) (repeatable)",
     )
     parser.add_argument(
-        "--no-default-excludes",
+        option("no-default-excludes"),
+        dest="no_default_excludes",
         action="store_true",
         help="report the node's own components too",
     )
     parser.add_argument(
-        "--include-comm",
+        option("include-comm"),
         action="append",
         dest="include_comms",
         default=[],
@@ -86,13 +98,15 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         help="report only processes with this name (repeatable)",
     )
     parser.add_argument(
-        "--output",
+        option("output"),
+        dest="output",
         choices=("logfmt", "json"),
         default="logfmt",
         help="logfmt lines (default) or one JSON object per line",
     )
     parser.add_argument(
-        "--dedup",
+        option("dedup"),
+        dest="dedup",
         type=_seconds,
         default=0.0,
         metavar="SECONDS",
@@ -100,7 +114,8 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         "in the summary (default: 0, every connection)",
     )
     parser.add_argument(
-        "--summary-interval",
+        option("summary-interval"),
+        dest="summary_interval",
         type=_seconds,
         default=60.0,
         metavar="SECONDS",

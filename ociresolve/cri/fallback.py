@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _V = TypeVar("_V")
 
+# observer(method, outcome, seconds) after every call that reached the runtime (metrics).
+Observer = Callable[[str, str, float], None]
+
 NEGATIVE_TTL: Final = 2.0
 POSITIVE_TTL: Final = 600.0
 CACHE_SIZE: Final = 4096
@@ -52,8 +55,10 @@ class CriFallback:
         positive_ttl: float = POSITIVE_TTL,
         breaker: Breaker | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.client = client
+        self.observer = observer
         self.breaker = breaker or Breaker(clock=clock)
         self.negative_ttl = negative_ttl
         self.positive_ttl = positive_ttl
@@ -197,21 +202,27 @@ class CriFallback:
         if not self.breaker.allow():
             self.calls[method, "breaker_open"] += 1
             return False, None
+        started = time.perf_counter()
         try:
             result = call(argument)
         except CriUnavailable as exc:
-            self.calls[method, exc.code or "error"] += 1
+            self._count(method, exc.code or "error", started)
             self.breaker.failure()
             log.warning("%s", exc)
             return False, None
         except Exception as exc:  # a broken runtime must never break a lookup
-            self.calls[method, "error"] += 1
+            self._count(method, "error", started)
             self.breaker.failure()
             log.warning("CRI %s %s: unexpected %r", self.endpoint, method, exc)
             return False, None
         self.breaker.success()
-        self.calls[method, "ok" if result is not None else "not_found"] += 1
+        self._count(method, "ok" if result is not None else "not_found", started)
         return True, result
+
+    def _count(self, method: str, outcome: str, started: float) -> None:
+        self.calls[method, outcome] += 1
+        if self.observer is not None:
+            self.observer(method, outcome, time.perf_counter() - started)
 
 
 def _trim(cache: OrderedDict[str, _V]) -> None:

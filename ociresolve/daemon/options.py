@@ -1,0 +1,164 @@
+"""The command line of ``ociresolve serve``; every option also has an environment variable
+(``OCIRESOLVE_*``), which a DaemonSet sets. A flag given on the command line wins.
+
+Only argparse here: ``ociresolve/cli.py`` adds these without importing grpc or BCC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+from collections.abc import Mapping
+from typing import Final
+
+from ociresolve.daemon.client import DEFAULT_SOCKET, SOCKET_ENV
+from ociresolve.daemon.logs import LEVELS
+from tracer.options import add_connect_arguments
+
+_TRUE: Final = ("1", "true", "yes", "on")
+
+
+def _mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"mode out of range: {text}")
+    return mode
+
+
+def _owner(text: str) -> tuple[int, int]:
+    """``USER[:GROUP]``, by name or number; the group defaults to the user's."""
+    user, _, group = text.partition(":")
+    try:
+        entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        if not user.isdigit():
+            raise argparse.ArgumentTypeError(f"no such user: {user!r}") from None
+        uid, gid = int(user), int(user)
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise argparse.ArgumentTypeError(f"no such group: {group!r}") from None
+    return uid, gid
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text}")
+    return value
+
+
+def add_serve_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    env = os.environ if environ is None else environ
+
+    def default(name: str, fallback: str | None = None) -> str | None:
+        return env.get(f"OCIRESOLVE_{name}") or fallback
+
+    def flag(name: str) -> bool:
+        return env.get(f"OCIRESOLVE_{name}", "").strip().lower() in _TRUE
+
+    api = parser.add_argument_group("the API")
+    api.add_argument(
+        "--socket",
+        default=env.get(SOCKET_ENV) or DEFAULT_SOCKET,
+        metavar="PATH",
+        help=f"the API's unix socket [{SOCKET_ENV}] (default: {DEFAULT_SOCKET})",
+    )
+    api.add_argument(
+        "--socket-mode",
+        type=_mode,
+        default=default("SOCKET_MODE", "600"),  # argparse converts a str default with `type`
+        metavar="OCTAL",
+        help="the socket's permissions [OCIRESOLVE_SOCKET_MODE] (default: 600, root only)",
+    )
+    api.add_argument(
+        "--socket-owner",
+        type=_owner,
+        default=default("SOCKET_OWNER"),
+        metavar="USER[:GROUP]",
+        help="give the socket to this user and group [OCIRESOLVE_SOCKET_OWNER] (needs CAP_CHOWN)",
+    )
+
+    node = parser.add_argument_group("the node")
+    node.add_argument(
+        "--host-root",
+        default=default("HOST_ROOT", "/"),
+        metavar="DIR",
+        help="where the host's file systems are mounted [OCIRESOLVE_HOST_ROOT] (default: /)",
+    )
+    roots = default("RUNTIME_ROOTS")
+    node.add_argument(
+        "--runtime-root",
+        action="append",
+        dest="runtime_roots",
+        default=[r for r in roots.split(",") if r] if roots else None,
+        metavar="DIR",
+        help="a runtime state directory, on the host (repeatable) [OCIRESOLVE_RUNTIME_ROOTS, "
+        "comma-separated] (default: containerd, k3s, cri-o and podman's)",
+    )
+    node.add_argument(
+        "--grace-period",
+        type=_seconds,
+        default=default("GRACE_PERIOD", "5"),
+        metavar="SECONDS",
+        help="how long a removed container still resolves [OCIRESOLVE_GRACE_PERIOD] (default: 5)",
+    )
+    node.add_argument(
+        "--cri-socket",
+        default=default("CRI_SOCKET"),
+        metavar="PATH",
+        help="the CRI endpoint for what the bundles do not tell, on the host "
+        "[OCIRESOLVE_CRI_SOCKET] (default: the first of containerd's, k3s', cri-o's and "
+        "cri-dockerd's sockets that exists)",
+    )
+    node.add_argument(
+        "--no-cri",
+        action="store_true",
+        default=flag("NO_CRI"),
+        help="never ask the runtime over CRI [OCIRESOLVE_NO_CRI=1]",
+    )
+
+    ops = parser.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics-address",
+        default=default("METRICS_ADDRESS", ""),
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz and /readyz here [OCIRESOLVE_METRICS_ADDRESS] "
+        "(default: off)",
+    )
+    ops.add_argument(
+        "--log-format",
+        choices=("logfmt", "json"),
+        default=default("LOG_FORMAT", "logfmt"),
+        help="the daemon's own log lines, on stderr [OCIRESOLVE_LOG_FORMAT] (default: logfmt)",
+    )
+    ops.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        default=default("LOG_LEVEL", "info"),
+        help="[OCIRESOLVE_LOG_LEVEL] (default: info)",
+    )
+
+    trace = parser.add_argument_group(
+        "the connect tracer", "with --trace-connect, the tracer's lines go to stdout"
+    )
+    trace.add_argument(
+        "--trace-connect",
+        action="store_true",
+        default=flag("TRACE_CONNECT"),
+        help="also run the containerd socket tracer (BPF; root or CAP_BPF and CAP_PERFMON) "
+        "[OCIRESOLVE_TRACE_CONNECT=1]",
+    )
+    add_connect_arguments(trace, prefix="trace-")

@@ -1,0 +1,164 @@
+"""``ociresolve serve``: the watcher, the resolver, the API, metrics and (optionally) the
+connect tracer, in one process, until SIGTERM or SIGINT.
+
+Start-up: metrics and health first (``/readyz`` says 503 meanwhile), the tracer's probe
+compiled and attached (so a node without BPF fails at once, with the reason), the initial
+scan, then the API. Stopping: the watch streams end, requests in flight get a second, the
+tracer drains what the kernel buffered and writes its last summary; the process exits 0
+within a second or two. Nothing is kept on disk: a restarted daemon rebuilds the index from
+the bundles, which the runtimes keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from ociresolve.daemon import logs
+from ociresolve.daemon.http import HttpServer
+from ociresolve.daemon.metrics import Metrics
+from ociresolve.daemon.server import ApiServer
+from ociresolve.errors import OciresolveError
+from ociresolve.resolver import Resolver
+
+if TYPE_CHECKING:
+    from tracer.connect import ConnectTracer
+
+log = logging.getLogger("ociresolve.serve")
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 2
+STOP_GRACE: Final = 1.0
+
+
+def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
+    """Serve until ``stop`` is set (SIGTERM and SIGINT set it when on the main thread)."""
+    from tracer.connect import node_name, stop_on_signals
+
+    stop = threading.Event() if stop is None else stop
+    logs.configure(args.log_format, args.log_level, node=node_name())
+    with stop_on_signals(stop):
+        try:
+            return Daemon(args).run(stop)
+        except OciresolveError as exc:
+            log.error("cannot serve: %s", exc)
+            return EXIT_ERROR
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.ready = threading.Event()
+        self.metrics = Metrics() if args.metrics_address else None
+        self.resolver = Resolver(
+            host_root=args.host_root,
+            runtime_roots=args.runtime_roots,
+            grace_period=args.grace_period,
+            cri=not args.no_cri,
+            cri_socket=args.cri_socket,
+            cri_observer=self.metrics.observe_cri if self.metrics is not None else None,
+        )
+        self.api = ApiServer(
+            self.resolver, args.socket, mode=args.socket_mode, owner=args.socket_owner
+        )
+        self.tracer: ConnectTracer | None = None
+        self._tracer_thread: threading.Thread | None = None
+        self._tracer_stop = threading.Event()
+
+    def healthy(self) -> bool:
+        watcher = self.resolver.watcher
+        if not self.ready.is_set():
+            return True  # still scanning: alive, not ready
+        alive = watcher is not None and watcher.alive and self.api.serving
+        return alive and (self._tracer_thread is None or self._tracer_thread.is_alive())
+
+    def run(self, stop: threading.Event) -> int:
+        http = self._start_http()
+        try:
+            self._start_tracer()
+            if stop.is_set():
+                return EXIT_OK
+            started = time.perf_counter()
+            self.resolver.start()
+            self.api.start()
+            if self.metrics is not None:
+                self.metrics.watch(
+                    self.resolver,
+                    self.api.service,
+                    self.tracer.counts if self.tracer is not None else None,
+                    self.ready.is_set,
+                )
+            self._run_tracer()
+            self.ready.set()
+            log.info(
+                "ready",
+                extra=logs.fields(
+                    containers=len(self.resolver.index),
+                    scan_ms=round((time.perf_counter() - started) * 1000, 1),
+                    socket=self.api.socket_path,
+                    metrics=self.args.metrics_address or None,
+                    tracer="connect" if self.tracer is not None else None,
+                ),
+            )
+            stop.wait()
+            log.info("stopping")
+        finally:
+            self._stop(http)
+        log.info("stopped")
+        return EXIT_OK
+
+    def _start_http(self) -> HttpServer | None:
+        if not self.args.metrics_address:
+            return None
+        exposition: Callable[[], tuple[bytes, str]] | None = (
+            self.metrics.exposition if self.metrics is not None else None
+        )
+        return HttpServer(
+            self.args.metrics_address,
+            healthy=self.healthy,
+            ready=self.ready.is_set,
+            metrics=exposition,
+        ).start()
+
+    def _start_tracer(self) -> None:
+        if not self.args.trace_connect:
+            return
+        from tracer.connect import ConnectTracer
+        from tracer.errors import TracerUnavailable
+
+        try:
+            tracer = ConnectTracer(self.args)
+            tracer.start()
+        except (TracerUnavailable, ValueError) as exc:
+            raise OciresolveError(f"--trace-connect: {exc}") from exc
+        self.tracer = tracer
+
+    def _run_tracer(self) -> None:
+        tracer = self.tracer
+        if tracer is None:
+            return
+
+        def trace() -> None:
+            try:
+                tracer.run(self.resolver, self._tracer_stop)
+            except Exception:
+                log.exception("the connect tracer failed")
+
+        self._tracer_thread = threading.Thread(target=trace, name="ociresolve-tracer")
+        self._tracer_thread.start()
+
+    def _stop(self, http: HttpServer | None) -> None:
+        self.ready.clear()
+        self._tracer_stop.set()
+        self.api.stop(STOP_GRACE)
+        if self._tracer_thread is not None:
+            self._tracer_thread.join(5.0)
+        if self.tracer is not None:
+            self.tracer.close()
+        self.resolver.close()
+        if http is not None:
+            http.stop()
