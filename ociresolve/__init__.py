@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from ociresolve.bundle import Bundle, find_bundles, load_bundle, read_bundle
 from ociresolve.cgroup import parse_cgroup
-from ociresolve.errors import BundleError, OciresolveError, ProcessNotFound
+from ociresolve.daemon.client import DaemonClient, LookupResult
+from ociresolve.daemon.remote import RemoteResolver
+from ociresolve.errors import BundleError, DaemonUnavailable, OciresolveError, ProcessNotFound
 from ociresolve.model import CgroupRef, Change, ContainerMeta, IndexedContainer, Resolution
 from ociresolve.resolver import Resolver
 from ociresolve.runtimes import detect_runtime, normalize
@@ -19,9 +21,13 @@ __all__ = [
     "CgroupRef",
     "Change",
     "ContainerMeta",
+    "DaemonClient",
+    "DaemonUnavailable",
     "IndexedContainer",
+    "LookupResult",
     "OciresolveError",
     "ProcessNotFound",
+    "RemoteResolver",
     "Resolution",
     "Resolver",
     "detect_runtime",

@@ -169,12 +169,16 @@ def run(
     stop = threading.Event() if stop is None else stop
     try:
         tracer = ConnectTracer(args, probe_kind=probe_kind, stream=stream)
-        resolver = ociresolve.Resolver(
-            host_root=args.host_root,
-            runtime_roots=args.runtime_roots,
-            cri=not args.no_cri,
-            cri_socket=args.cri_socket,
-        )
+        resolver: ociresolve.Resolver | ociresolve.RemoteResolver
+        if getattr(args, "daemon_socket", None):
+            resolver = ociresolve.RemoteResolver(args.daemon_socket, host_root=args.host_root)
+        else:
+            resolver = ociresolve.Resolver(
+                host_root=args.host_root,
+                runtime_roots=args.runtime_roots,
+                cri=not args.no_cri,
+                cri_socket=args.cri_socket,
+            )
         tracer.start()
     except (TracerUnavailable, ValueError) as exc:
         return _error(str(exc))
