@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any, Final, TextIO
+from typing import Any, Final, NamedTuple, TextIO
 
 import msgspec
 
 import ociresolve
+from ociresolve.daemon.client import DEFAULT_SOCKET, DaemonClient, LookupResult
+from ociresolve.daemon.options import add_serve_arguments
+from ociresolve.errors import DaemonUnavailable
+from ociresolve.model import Step
 from ociresolve.output import json_line, printable, short_id, table
 from tracer.options import add_connect_arguments
 
@@ -70,14 +75,26 @@ def _parser() -> argparse.ArgumentParser:
     lookup.add_argument(
         "--explain", action="store_true", help="also show each step tried, with its timing"
     )
+    _daemon_options(lookup)
     _node_options(lookup)
     _cri_options(lookup)
     lookup.set_defaults(run=_lookup)
 
     listing = commands.add_parser("list", help="the containers on this node")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    _daemon_options(listing)
     _node_options(listing)
     listing.set_defaults(run=_list)
+
+    serve = commands.add_parser(
+        "serve",
+        help="the node daemon: index the node and serve lookups on a unix socket",
+        description="Index the node's containers, keep the index current, and serve lookups "
+        "(gRPC, ociresolve/daemon/api.proto) on a unix socket, with Prometheus metrics and "
+        "health checks, until SIGTERM. Exit 2 when it cannot start.",
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(run=_serve)
 
     trace = commands.add_parser(
         "trace",
@@ -93,10 +110,54 @@ def _parser() -> argparse.ArgumentParser:
         "when BPF cannot run here (not root, no BCC, no kernel headers, no tracefs).",
     )
     add_connect_arguments(connect)
+    connect.add_argument(
+        "--daemon-socket",
+        metavar="PATH",
+        help="resolve through the ociresolve daemon on this socket (a local copy of its index) "
+        "instead of indexing the node in this process",
+    )
     _node_options(connect)
     _cri_options(connect)
     connect.set_defaults(run=_trace_connect)
+
+    deprecations = commands.add_parser(
+        "deprecations",
+        help="containerd's deprecation warnings (containerd >= 1.7)",
+        description="List containerd's deprecation warnings, like `ctr deprecations list`. "
+        "Exit 0 when listed (none included), 1 when the runtime has no deprecation warnings "
+        "(containerd older than 1.7), 2 when it cannot be reached.",
+    )
+    deprecations.add_argument("--json", action="store_true", help="one JSON object per line")
+    deprecations.add_argument(
+        "--containerd-socket",
+        metavar="PATH",
+        help="containerd's socket, on the host (default: the first of containerd's and k3s' "
+        "sockets that exists)",
+    )
+    deprecations.add_argument(
+        "--timeout", type=float, default=2.0, metavar="SECONDS", help="deadline (default: 2)"
+    )
+    deprecations.add_argument(
+        "--host-root",
+        default="/",
+        metavar="DIR",
+        help="where the host's file systems are mounted (default: /)",
+    )
+    deprecations.set_defaults(run=_deprecations)
     return parser
+
+
+def _daemon_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--daemon-socket",
+        metavar="PATH",
+        help="ask the ociresolve daemon on this socket [OCIRESOLVE_SOCKET] (default: "
+        f"{DEFAULT_SOCKET} when no --host-root or --runtime-root is given); when it does not "
+        "answer, scan the node once instead",
+    )
+    parser.add_argument(
+        "--no-daemon", action="store_true", help="scan the node once, never ask the daemon"
+    )
 
 
 def _node_options(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +193,37 @@ def _trace_connect(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _deprecations(args: argparse.Namespace) -> int:
+    from ociresolve.deprecations import IntrospectionError, ServiceMissing, listing
+
+    try:
+        warnings = listing.fetch(args.host_root, args.containerd_socket, timeout=args.timeout)
+    except ServiceMissing as exc:
+        _error(str(exc))
+        return EXIT_NOT_KUBERNETES  # 1: a "no" answer, as for lookup
+    except IntrospectionError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    listing.write(warnings, sys.stdout, as_json=args.json)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ociresolve.daemon.serve import run  # grpc and prometheus-client only for this command
+
+    return run(args)
+
+
+def _daemon(args: argparse.Namespace) -> DaemonClient | None:
+    """The daemon to ask, or ``None`` for a one-shot scan: the daemon is asked when its socket
+    is named, or when the command names no host root or runtime root of its own."""
+    if args.no_daemon:
+        return None
+    if args.daemon_socket is None and (args.host_root != "/" or args.runtime_roots):
+        return None
+    return DaemonClient(args.daemon_socket)
+
+
 def _resolver(args: argparse.Namespace) -> ociresolve.Resolver:
     return ociresolve.Resolver(
         host_root=args.host_root,
@@ -141,29 +233,36 @@ def _resolver(args: argparse.Namespace) -> ociresolve.Resolver:
     )
 
 
+class _Answer(NamedTuple):
+    """A lookup's outcome, from the daemon or from a one-shot scan."""
+
+    container_id: str | None
+    meta: ociresolve.ContainerMeta | None
+    source: str | None
+    init_pid: int | None
+    steps: list[Step]
+
+
 def _lookup(args: argparse.Namespace) -> int:
-    resolver = _resolver(args)
     try:
-        explanation = resolver.explain_pid(args.pid)
+        answer = _ask_daemon(args)
+        if answer is None or isinstance(answer, Step):
+            answer = _scan_once(args, [] if answer is None else [answer])
     except ociresolve.OciresolveError as exc:
         _error(str(exc))
         return EXIT_ERROR
-    finally:
-        resolver.close()
     steps = [
-        {"step": s.step, "result": s.result, "ms": round(s.seconds * 1000, 3)}
-        for s in explanation.steps
+        {"step": s.step, "result": s.result, "ms": round(s.seconds * 1000, 3)} for s in answer.steps
     ]
-    answer = explanation.resolution
-    if answer is None:
-        if explanation.container_id is None:
+    if answer.meta is None:
+        if answer.container_id is None:
             _error(f"pid {args.pid} is not in a container")
         else:
-            last = explanation.steps[-1]
+            last = answer.steps[-1] if answer.steps else Step(step="daemon", result="", seconds=0)
             _error(
-                f"pid {args.pid} is in container {short_id(explanation.container_id)}, which "
+                f"pid {args.pid} is in container {short_id(answer.container_id)}, which "
                 "no runtime root knows as a Kubernetes container "
-                f"({last.step}: {printable(last.result)})"
+                f"({last.step}: {printable(last.result) or 'not found'})"
             )
         if args.explain:
             _print_steps(steps, args.json, sys.stderr)
@@ -175,14 +274,63 @@ def _lookup(args: argparse.Namespace) -> int:
             row.update(explain=steps)
         print(json_line(row))
         return EXIT_OK
-    record = resolver.container(explanation.container_id or "")
-    row.update(init_pid=record.pid if record is not None else None)
+    row.update(init_pid=answer.init_pid)
     width = max(map(len, row))
     for key, value in row.items():
         print(f"{key:<{width}}  {printable(value)}")
     if args.explain:
         _print_steps(steps, False, sys.stdout)
     return EXIT_OK
+
+
+def _ask_daemon(args: argparse.Namespace) -> _Answer | Step | None:
+    """The daemon's answer; a ``Step`` saying why there is none (scan once instead); ``None``
+    when the daemon is not to be asked."""
+    daemon = _daemon(args)
+    if daemon is None:
+        return None
+    started = time.perf_counter()
+    try:
+        result = daemon.lookup_pid(args.pid, explain=args.explain)
+    except DaemonUnavailable as exc:
+        return _step("daemon", f"{exc.reason}; scanning the node once instead", started)
+    finally:
+        daemon.close()
+    asked = _step("daemon", f"{daemon.socket}: answered", started)
+    return _from_daemon(args.pid, result, [asked, *result.steps])
+
+
+def _from_daemon(pid: int, result: LookupResult, steps: list[Step]) -> _Answer:
+    if result.status == "no_such_process":
+        raise ociresolve.ProcessNotFound(pid)
+    if result.status == "error":
+        raise ociresolve.OciresolveError(f"pid {pid}: {result.error or 'lookup failed'}")
+    record = result.record
+    if record is None:
+        return _Answer(result.container_id, None, None, None, steps)
+    return _Answer(record.meta.container_id, record.meta, result.source, record.pid, steps)
+
+
+def _scan_once(args: argparse.Namespace, steps: list[Step]) -> _Answer:
+    resolver = _resolver(args)
+    try:
+        explanation = resolver.explain_pid(args.pid)
+        answer = explanation.resolution
+        record = resolver.container(explanation.container_id or "")
+    finally:
+        resolver.close()
+    steps.extend(explanation.steps)
+    return _Answer(
+        explanation.container_id,
+        answer.meta if answer is not None else None,
+        answer.source if answer is not None else None,
+        record.pid if record is not None else None,
+        steps,
+    )
+
+
+def _step(step: str, result: str, started: float) -> Step:
+    return Step(step=step, result=result, seconds=time.perf_counter() - started)
 
 
 def _print_steps(steps: list[dict[str, Any]], as_json: bool, stream: TextIO) -> None:
@@ -208,7 +356,20 @@ def _list_order(record: ociresolve.IndexedContainer) -> tuple[str, str, bool, st
 
 
 def _list(args: argparse.Namespace) -> int:
-    records = _resolver(args).scan().containers()
+    records: list[ociresolve.IndexedContainer] | None = None
+    daemon = _daemon(args)
+    if daemon is not None:
+        try:
+            records = daemon.containers()
+        except DaemonUnavailable:
+            records = None  # not running: scan the node once
+        except ociresolve.OciresolveError as exc:
+            _error(str(exc))
+            return EXIT_ERROR
+        finally:
+            daemon.close()
+    if records is None:
+        records = _resolver(args).scan().containers()
     records.sort(key=_list_order)
     if args.json:
         for record in records:

@@ -1,0 +1,207 @@
+"""A client of containerd's deprecation warnings: ``Introspection.Server`` over the containerd
+socket, every call with a deadline. grpc is imported by the first call, not by this module.
+
+containerd reports its warnings from 1.7 on. containerd 1.5 and 1.6 serve ``Server`` too, but
+without the field, so an empty list from them is no answer: the client then asks containerd's
+version service and raises ``ServiceMissing`` for a release older than 1.7 (and for a runtime
+without ``Server`` at all). ``Server`` needs no namespace (containerd's warnings are the whole
+daemon's), so no ``containerd-namespace`` header is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from ociresolve.deprecations.errors import (
+    IntrospectionError,
+    RuntimeUnreachable,
+    ServiceMissing,
+)
+from ociresolve.hostpaths import DEFAULT_CRI_SOCKETS, HostPaths
+
+if TYPE_CHECKING:
+    from ociresolve.deprecations import introspection_pb2
+
+DEFAULT_TIMEOUT: Final = 2.0
+# containerd's own sockets among the CRI endpoints (containerd, k3s/RKE2), in that order.
+CONTAINERD_SOCKETS: Final = tuple(
+    path for path in DEFAULT_CRI_SOCKETS if os.path.basename(path) == "containerd.sock"
+)
+V1ALPHA2: Final = "io.containerd.deprecation/cri-api-v1alpha2"
+
+_SERVER: Final = "/containerd.services.introspection.v1.Introspection/Server"
+_VERSION: Final = "/containerd.services.version.v1.Version/Version"
+_UNREACHABLE: Final = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
+# The first release with deprecation warnings; releases before it say nothing of them.
+_FIRST: Final = (1, 7)
+_VERSION_NUMBER: Final = re.compile(r"v?(\d+)\.(\d+)")
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_SECONDS_MIN: Final = -62_135_596_800
+_SECONDS_MAX: Final = 253_402_300_799
+_NS: Final = 1_000_000_000
+
+
+class Deprecation(msgspec.Struct, frozen=True, kw_only=True):
+    """One warning: ``id`` (such as ``io.containerd.deprecation/cri-api-v1alpha2``),
+    containerd's ``message``, and when it last happened (ns since the epoch; ``None`` when
+    containerd sent no valid time)."""
+
+    id: str
+    message: str
+    last_occurrence_ns: int | None = None
+
+    @property
+    def last_occurrence(self) -> datetime | None:
+        """``last_occurrence_ns`` as an aware UTC datetime (to the microsecond)."""
+        if self.last_occurrence_ns is None:
+            return None
+        seconds, nanoseconds = divmod(self.last_occurrence_ns, _NS)
+        return datetime.fromtimestamp(seconds, UTC).replace(microsecond=nanoseconds // 1000)
+
+
+def containerd_socket(paths: HostPaths, explicit: str | None = None) -> str | None:
+    """The containerd socket to ask, as seen from here: ``explicit`` (a host path) if given,
+    else the first of containerd's default sockets that is a socket now; ``None`` if none is."""
+    if explicit:
+        return paths.host(explicit)
+    for candidate in map(paths.host, CONTAINERD_SOCKETS):
+        try:
+            if stat.S_ISSOCK(os.stat(candidate).st_mode):
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def parse_version(version: str) -> tuple[int, int] | None:
+    """``(major, minor)`` of a containerd version (``1.7.13``, ``v2.0.0``, ``1.6.20~ds1``,
+    ``v1.7.11-k3s2``); ``None`` when it does not start with one."""
+    found = _VERSION_NUMBER.match(version.strip())
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+class IntrospectionClient:
+    """containerd's introspection service on ``socket_path``; each call has a deadline of
+    ``timeout`` seconds. Thread-safe; ``close()`` (or ``with``) releases the channel."""
+
+    def __init__(self, socket_path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.endpoint = socket_path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._channel: Any = None
+        self._version: str | None = None
+        self._version_asked = False
+
+    def __enter__(self) -> IntrospectionClient:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def deprecations(self) -> list[Deprecation]:
+        """The runtime's deprecation warnings, in its order (possibly none).
+
+        Raises ``ServiceMissing`` when the runtime has no deprecation warnings (containerd
+        before 1.7), ``RuntimeUnreachable`` when it does not answer in time, and
+        ``IntrospectionError`` when it answers with another error.
+        """
+        from ociresolve.deprecations import introspection_pb2
+
+        response: introspection_pb2.ServerResponse = self._call(
+            _SERVER, introspection_pb2.ServerResponse.FromString
+        )
+        warnings = [_deprecation(warning) for warning in response.deprecations]
+        if not warnings:
+            version = self.version()
+            number = parse_version(version) if version else None
+            if number is not None and number < _FIRST:
+                raise ServiceMissing(self.endpoint, version)
+        return warnings
+
+    def version(self) -> str | None:
+        """containerd's version (``1.7.13``), asked once; ``None`` when it does not say."""
+        from ociresolve.deprecations import introspection_pb2
+
+        with self._lock:
+            if self._version_asked:
+                return self._version
+        try:
+            response: introspection_pb2.VersionResponse = self._call(
+                _VERSION, introspection_pb2.VersionResponse.FromString, version=False
+            )
+        except IntrospectionError:
+            return None  # asked again next time: the runtime may be restarting
+        with self._lock:
+            self._version, self._version_asked = response.version or None, True
+            return self._version
+
+    def close(self) -> None:
+        with self._lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
+    def _call(self, method: str, decode: Any, *, version: bool = True) -> Any:
+        import grpc
+        from google.protobuf import empty_pb2
+
+        call = self._connect().unary_unary(
+            method,
+            request_serializer=empty_pb2.Empty.SerializeToString,
+            response_deserializer=decode,
+        )
+        try:
+            return call(empty_pb2.Empty(), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            # Errors raised by a call are also grpc.Call, with a code and details.
+            code_of, details_of = getattr(exc, "code", None), getattr(exc, "details", None)
+            code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
+            details = details_of() if callable(details_of) else str(exc)
+            name = method.rsplit(".", 1)[-1]
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                found = self.version() if version else None
+                raise ServiceMissing(self.endpoint, found, code=code.name) from exc
+            kind = RuntimeUnreachable if code.name in _UNREACHABLE else IntrospectionError
+            raise kind(self.endpoint, f"{name}: {code.name}: {details}", code=code.name) from exc
+
+    def _connect(self) -> Any:
+        try:
+            mode = os.stat(self.endpoint).st_mode
+        except OSError as exc:
+            raise RuntimeUnreachable(self.endpoint, exc.strerror or str(exc)) from exc
+        if not stat.S_ISSOCK(mode):
+            raise RuntimeUnreachable(self.endpoint, "not a socket")
+        with self._lock:
+            if self._channel is None:
+                import grpc
+
+                self._channel = grpc.insecure_channel(
+                    f"unix://{self.endpoint}",
+                    options=[
+                        ("grpc.initial_reconnect_backoff_ms", 100),
+                        ("grpc.max_reconnect_backoff_ms", 1000),
+                    ],
+                )
+            return self._channel
+
+
+def _deprecation(warning: introspection_pb2.DeprecationWarning) -> Deprecation:
+    last: int | None = None
+    if warning.HasField("last_occurrence"):
+        stamp = warning.last_occurrence
+        if _SECONDS_MIN <= stamp.seconds <= _SECONDS_MAX and 0 <= stamp.nanos < _NS:
+            last = stamp.seconds * _NS + stamp.nanos
+    return Deprecation(id=warning.id, message=warning.message, last_occurrence_ns=last)
