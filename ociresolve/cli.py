@@ -138,12 +138,35 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=2.0, metavar="SECONDS", help="deadline (default: 2)"
     )
     deprecations.add_argument(
+        "--clients",
+        action="store_true",
+        help="instead, the clients the daemon attributed the warnings to (`serve "
+        "--report-deprecations --trace-connect`), most confident first",
+    )
+    deprecations.add_argument(
+        "--daemon-socket",
+        metavar="PATH",
+        help=f"with --clients: the daemon's socket [OCIRESOLVE_SOCKET] (default: {DEFAULT_SOCKET})",
+    )
+    deprecations.add_argument(
         "--host-root",
         default="/",
         metavar="DIR",
         help="where the host's file systems are mounted (default: /)",
     )
     deprecations.set_defaults(run=_deprecations)
+
+    report = commands.add_parser(
+        "report-deprecations",
+        help="report containerd's deprecation warnings as they occur, and who causes them",
+        description="Poll containerd's deprecation warnings (containerd >= 1.7) and write a "
+        "line for each new occurrence; with --trace-connect, also trace the connections to "
+        "the containerd socket and attribute each occurrence to the pods that caused it, with "
+        "a confidence. Until SIGTERM or SIGINT. `ociresolve serve --report-deprecations` does "
+        "the same inside the node daemon.",
+    )
+    add_serve_arguments(report, api=False)
+    report.set_defaults(run=_serve)
     return parser
 
 
@@ -196,6 +219,9 @@ def _trace_connect(args: argparse.Namespace) -> int:
 def _deprecations(args: argparse.Namespace) -> int:
     from ociresolve.deprecations import IntrospectionError, ServiceMissing, listing
 
+    if args.clients:
+        return _deprecated_api_clients(args)
+
     try:
         warnings = listing.fetch(args.host_root, args.containerd_socket, timeout=args.timeout)
     except ServiceMissing as exc:
@@ -205,6 +231,76 @@ def _deprecations(args: argparse.Namespace) -> int:
         _error(str(exc))
         return EXIT_ERROR
     listing.write(warnings, sys.stdout, as_json=args.json)
+    return EXIT_OK
+
+
+_CLIENT_COLUMNS: Final = (
+    "DEPRECATION",
+    "POD",
+    "CONTAINER",
+    "COMM",
+    "CONFIDENCE",
+    "OCCURRENCES",
+    "LAST SEEN",
+)
+
+
+def _deprecated_api_clients(args: argparse.Namespace) -> int:
+    from ociresolve.deprecations.timefmt import rfc3339_milli
+
+    client = DaemonClient(args.daemon_socket)
+    try:
+        reply = client.deprecated_api_clients()
+    except ociresolve.OciresolveError as exc:
+        _error(str(exc))
+        return EXIT_ERROR
+    finally:
+        client.close()
+    if not reply.reporting:
+        _error(
+            f"the daemon at {client.socket} does not report deprecations (serve "
+            "--report-deprecations)"
+        )
+        return EXIT_NOT_KUBERNETES
+    rows = [
+        {
+            "deprecation": c.deprecation,
+            "pod_namespace": c.pod_namespace or None,
+            "pod_name": c.pod_name or None,
+            "container": c.container or None,
+            "comm": c.comm,
+            "confidence": round(c.confidence, 3),
+            "occurrences": c.occurrences,
+            "considered": c.considered,
+            "last_seen": rfc3339_milli(c.last_seen_unix_nano),
+            "container_id": c.container_id or None,
+            "pid": c.pid or None,
+        }
+        for c in reply.clients
+    ]
+    if args.json:
+        for row in rows:
+            print(json_line(row))
+        return EXIT_OK
+    if not reply.correlating:
+        _error("the daemon runs no tracer (--trace-connect): occurrences are not attributed")
+    print(
+        table(
+            _CLIENT_COLUMNS,
+            (
+                (
+                    r["deprecation"],
+                    f"{r['pod_namespace']}/{r['pod_name']}" if r["pod_name"] else None,
+                    r["container"],
+                    r["comm"],
+                    f"{r['confidence']:.2f}",
+                    f"{r['occurrences']}/{r['considered']}",
+                    r["last_seen"],
+                )
+                for r in rows
+            ),
+        )
+    )
     return EXIT_OK
 
 

@@ -23,7 +23,7 @@ from tracer.counts import Counts
 from tracer.dedup import Dedup
 from tracer.errors import TracerUnavailable
 from tracer.events import ConnectEvent
-from tracer.loop import TraceLoop
+from tracer.loop import Observer, TraceLoop
 from tracer.options import FAMILIES
 from tracer.output import JsonOutput, LogfmtOutput, Output, Setting
 
@@ -134,8 +134,13 @@ class ConnectTracer:
             self.probe.close()
             raise
 
-    def run(self, resolver: Resolving, stop: threading.Event) -> Counts:
-        """Write the start-up line, then trace until ``stop`` is set; the last summary."""
+    def run(
+        self, resolver: Resolving, stop: threading.Event, *, observer: Observer | None = None
+    ) -> Counts:
+        """Write the start-up line, then trace until ``stop`` is set; the last summary.
+
+        ``observer(event, attribution)`` sees every event (``wall_ns`` converts its time).
+        """
         self.output.started(self.settings)
         self.loop = TraceLoop(
             self.probe,
@@ -143,8 +148,13 @@ class ConnectTracer:
             self.output,
             dedup=Dedup(self._dedup) if self._dedup > 0 else None,
             summary_interval=self._summary_interval,
+            observer=observer,
         )
         return self.loop.run(stop)
+
+    def wall_ns(self, event: ConnectEvent) -> int:
+        """An event's time (CLOCK_MONOTONIC) as ns since the epoch."""
+        return event.time_ns + self.output.clock.offset_ns
 
     def counts(self) -> Counts | None:
         """The totals so far (``lost`` read from the kernel now), or ``None`` before ``run``."""

@@ -7,13 +7,16 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from tracer.attribution import Attributor
+from tracer.attribution import Attribution, Attributor
 from tracer.counts import Counts
 from tracer.dedup import Dedup
 from tracer.events import ConnectEvent
 from tracer.output import Output
 
 POLL_MS = 5
+
+# observer(event, attribution) for every event, repeats included (deprecation correlation).
+Observer = Callable[[ConnectEvent, Attribution], None]
 
 
 class Probe(Protocol):
@@ -42,8 +45,10 @@ class TraceLoop:
         dedup: Dedup | None = None,
         summary_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
     ) -> None:
         self.probe = probe
+        self.observer = observer
         self.attributor = attributor
         self.output = output
         self.dedup = dedup
@@ -68,9 +73,12 @@ class TraceLoop:
         counts = self.counts
         dedup = self.dedup
         connection = self.output.connection
+        observer = self.observer
         for event in events:
             who = attribute(event)
             counts.add(who.source)
+            if observer is not None:
+                observer(event, who)
             if dedup is not None and dedup.repeat(
                 (event.tgid, who.container_id, event.address), event.time_ns
             ):

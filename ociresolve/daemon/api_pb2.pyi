@@ -355,3 +355,100 @@ class Container(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Container: _TypeAlias = Container  # noqa: Y015
+
+@_typing.final
+class DeprecatedApiClientsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeprecatedApiClientsRequest: _TypeAlias = DeprecatedApiClientsRequest  # noqa: Y015
+
+@_typing.final
+class DeprecatedApiClientsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTING_FIELD_NUMBER: _builtins.int
+    CORRELATING_FIELD_NUMBER: _builtins.int
+    CLIENTS_FIELD_NUMBER: _builtins.int
+    reporting: _builtins.bool
+    """False when the daemon does not report deprecations (no --report-deprecations)."""
+    correlating: _builtins.bool
+    """False when no tracer feeds the reporter connections: nothing can be attributed."""
+    @_builtins.property
+    def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeprecatedApiClient]: ...
+    def __init__(
+        self,
+        *,
+        reporting: _builtins.bool = ...,
+        correlating: _builtins.bool = ...,
+        clients: _abc.Iterable[Global___DeprecatedApiClient] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "correlating", b"correlating", "reporting", b"reporting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeprecatedApiClientsResponse: _TypeAlias = DeprecatedApiClientsResponse  # noqa: Y015
+
+@_typing.final
+class DeprecatedApiClient(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPRECATION_FIELD_NUMBER: _builtins.int
+    POD_NAMESPACE_FIELD_NUMBER: _builtins.int
+    POD_NAME_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    COMM_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
+    CONSIDERED_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_UNIX_NANO_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    deprecation: _builtins.str
+    """containerd's deprecation id, e.g. io.containerd.deprecation/cri-api-v1alpha2."""
+    pod_namespace: _builtins.str
+    """Empty for a host process."""
+    pod_name: _builtins.str
+    container: _builtins.str
+    comm: _builtins.str
+    confidence: _builtins.float
+    """The estimated fraction of the deprecation's occurrences this client causes, in [0, 1)."""
+    occurrences: _builtins.int
+    """Occurrences it was a candidate for, of those it could have caused."""
+    considered: _builtins.int
+    last_seen_unix_nano: _builtins.int
+    """The latest occurrence it was a candidate for, in ns since the epoch."""
+    container_id: _builtins.str
+    pid: _builtins.int
+    def __init__(
+        self,
+        *,
+        deprecation: _builtins.str = ...,
+        pod_namespace: _builtins.str = ...,
+        pod_name: _builtins.str = ...,
+        container: _builtins.str = ...,
+        comm: _builtins.str = ...,
+        confidence: _builtins.float = ...,
+        occurrences: _builtins.int = ...,
+        considered: _builtins.int = ...,
+        last_seen_unix_nano: _builtins.int = ...,
+        container_id: _builtins.str = ...,
+        pid: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "confidence", b"confidence", "considered", b"considered", "container", b"container", "container_id", b"container_id", "deprecation", b"deprecation", "last_seen_unix_nano", b"last_seen_unix_nano", "occurrences", b"occurrences", "pid", b"pid", "pod_name", b"pod_name", "pod_namespace", b"pod_namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeprecatedApiClient: _TypeAlias = DeprecatedApiClient  # noqa: Y015

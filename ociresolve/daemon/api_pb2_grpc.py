@@ -54,6 +54,11 @@ class ResolverStub:
                 request_serializer=ociresolve_dot_daemon_dot_api__pb2.WatchRequest.SerializeToString,
                 response_deserializer=ociresolve_dot_daemon_dot_api__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.DeprecatedApiClients = channel.unary_unary(
+                '/ociresolve.v1.Resolver/DeprecatedApiClients',
+                request_serializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
+                _registered_method=True)
 
 
 class ResolverServicer:
@@ -88,6 +93,14 @@ class ResolverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeprecatedApiClients(self, request, context):
+        """The clients of deprecated containerd APIs found so far, most confident first
+        (`ociresolve serve --report-deprecations --trace-connect`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResolverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_ResolverServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=ociresolve_dot_daemon_dot_api__pb2.WatchRequest.FromString,
                     response_serializer=ociresolve_dot_daemon_dot_api__pb2.WatchEvent.SerializeToString,
+            ),
+            'DeprecatedApiClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeprecatedApiClients,
+                    request_deserializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsRequest.FromString,
+                    response_serializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class Resolver:
             '/ociresolve.v1.Resolver/Watch',
             ociresolve_dot_daemon_dot_api__pb2.WatchRequest.SerializeToString,
             ociresolve_dot_daemon_dot_api__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeprecatedApiClients(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ociresolve.v1.Resolver/DeprecatedApiClients',
+            ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
+            ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

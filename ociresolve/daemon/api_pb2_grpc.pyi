@@ -49,6 +49,10 @@ class ResolverStub:
     """The current set (ADDED events, then one SYNCED), then every change as it happens. A
     client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
     """
+    DeprecatedApiClients: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeprecatedApiClientsRequest, _api_pb2.DeprecatedApiClientsResponse]
+    """The clients of deprecated containerd APIs found so far, most confident first
+    (`ociresolve serve --report-deprecations --trace-connect`).
+    """
 
 @_typing.type_check_only
 class ResolverAsyncStub(ResolverStub):
@@ -62,6 +66,10 @@ class ResolverAsyncStub(ResolverStub):
     Watch: _aio.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchEvent]  # type: ignore[assignment]
     """The current set (ADDED events, then one SYNCED), then every change as it happens. A
     client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
+    """
+    DeprecatedApiClients: _aio.UnaryUnaryMultiCallable[_api_pb2.DeprecatedApiClientsRequest, _api_pb2.DeprecatedApiClientsResponse]  # type: ignore[assignment]
+    """The clients of deprecated containerd APIs found so far, most confident first
+    (`ociresolve serve --report-deprecations --trace-connect`).
     """
 
 class ResolverServicer(metaclass=_abc_1.ABCMeta):
@@ -97,6 +105,16 @@ class ResolverServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_api_pb2.WatchEvent], _abc.AsyncIterator[_api_pb2.WatchEvent]]:
         """The current set (ADDED events, then one SYNCED), then every change as it happens. A
         client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
+        """
+
+    @_abc_1.abstractmethod
+    def DeprecatedApiClients(
+        self,
+        request: _api_pb2.DeprecatedApiClientsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_api_pb2.DeprecatedApiClientsResponse, _abc.Awaitable[_api_pb2.DeprecatedApiClientsResponse]]:
+        """The clients of deprecated containerd APIs found so far, most confident first
+        (`ociresolve serve --report-deprecations --trace-connect`).
         """
 
 def add_ResolverServicer_to_server(servicer: ResolverServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -110,6 +110,16 @@ class DaemonClient:
         reply = self._call(lambda stub: stub.List(api_pb2.ListRequest(), **self._kw))
         return [to_record(message) for message in reply.containers]
 
+    def deprecated_api_clients(self) -> api_pb2.DeprecatedApiClientsResponse:
+        """What ``serve --report-deprecations`` attributed so far (the message as it is)."""
+        from ociresolve.daemon import api_pb2
+
+        request = api_pb2.DeprecatedApiClientsRequest()
+        reply: api_pb2.DeprecatedApiClientsResponse = self._call(
+            lambda stub: stub.DeprecatedApiClients(request, **self._kw)
+        )
+        return reply
+
     def watch(self) -> Watch:
         """The current set as ``added``/``removed`` events, one ``synced``, then each change.
 

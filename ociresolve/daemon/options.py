@@ -59,15 +59,45 @@ def _seconds(text: str) -> float:
 
 
 def add_serve_arguments(
-    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str] | None = None,
+    *,
+    api: bool = True,
 ) -> None:
+    """``serve``'s options; without ``api`` (``report-deprecations``), those of the node, the
+    logs, the tracer and the reporter only."""
     env = os.environ if environ is None else environ
+    if api:
+        _add_api_arguments(parser, env)
+    else:
+        parser.set_defaults(socket=None, socket_mode=0o600, socket_owner=None, metrics_address="")
+    _add_node_arguments(parser, env)
+    _add_operations_arguments(parser, env, metrics=api)
+    _add_reporter_arguments(parser, env, always=not api)
+    trace = parser.add_argument_group(
+        "the connect tracer", "with --trace-connect, the tracer's lines go to stdout"
+    )
+    trace.add_argument(
+        "--trace-connect",
+        action="store_true",
+        default=_flag(env, "TRACE_CONNECT"),
+        help="also run the containerd socket tracer (BPF; root or CAP_BPF and CAP_PERFMON) "
+        "[OCIRESOLVE_TRACE_CONNECT=1]",
+    )
+    add_connect_arguments(trace, prefix="trace-")
 
+
+def _default(env: Mapping[str, str], name: str, fallback: str | None = None) -> str | None:
+    return env.get(f"OCIRESOLVE_{name}") or fallback
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(f"OCIRESOLVE_{name}", "").strip().lower() in _TRUE
+
+
+def _add_api_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     def default(name: str, fallback: str | None = None) -> str | None:
-        return env.get(f"OCIRESOLVE_{name}") or fallback
-
-    def flag(name: str) -> bool:
-        return env.get(f"OCIRESOLVE_{name}", "").strip().lower() in _TRUE
+        return _default(env, name, fallback)
 
     api = parser.add_argument_group("the API")
     api.add_argument(
@@ -90,6 +120,11 @@ def add_serve_arguments(
         metavar="USER[:GROUP]",
         help="give the socket to this user and group [OCIRESOLVE_SOCKET_OWNER] (needs CAP_CHOWN)",
     )
+
+
+def _add_node_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    def default(name: str, fallback: str | None = None) -> str | None:
+        return _default(env, name, fallback)
 
     node = parser.add_argument_group("the node")
     node.add_argument(
@@ -126,18 +161,26 @@ def add_serve_arguments(
     node.add_argument(
         "--no-cri",
         action="store_true",
-        default=flag("NO_CRI"),
+        default=_flag(env, "NO_CRI"),
         help="never ask the runtime over CRI [OCIRESOLVE_NO_CRI=1]",
     )
 
+
+def _add_operations_arguments(
+    parser: argparse.ArgumentParser, env: Mapping[str, str], *, metrics: bool
+) -> None:
+    def default(name: str, fallback: str | None = None) -> str | None:
+        return _default(env, name, fallback)
+
     ops = parser.add_argument_group("operations")
-    ops.add_argument(
-        "--metrics-address",
-        default=default("METRICS_ADDRESS", ""),
-        metavar="HOST:PORT",
-        help="serve /metrics, /healthz and /readyz here [OCIRESOLVE_METRICS_ADDRESS] "
-        "(default: off)",
-    )
+    if metrics:
+        ops.add_argument(
+            "--metrics-address",
+            default=default("METRICS_ADDRESS", ""),
+            metavar="HOST:PORT",
+            help="serve /metrics, /healthz and /readyz here [OCIRESOLVE_METRICS_ADDRESS] "
+            "(default: off)",
+        )
     ops.add_argument(
         "--log-format",
         choices=("logfmt", "json"),
@@ -151,14 +194,39 @@ def add_serve_arguments(
         help="[OCIRESOLVE_LOG_LEVEL] (default: info)",
     )
 
-    trace = parser.add_argument_group(
-        "the connect tracer", "with --trace-connect, the tracer's lines go to stdout"
+
+def _add_reporter_arguments(
+    parser: argparse.ArgumentParser, env: Mapping[str, str], *, always: bool
+) -> None:
+    def default(name: str, fallback: str | None = None) -> str | None:
+        return _default(env, name, fallback)
+
+    report = parser.add_argument_group(
+        "the deprecation reporter",
+        "containerd's deprecation warnings (containerd >= 1.7), attributed to the clients that "
+        "cause them when the connect tracer runs too; its lines go to stdout",
     )
-    trace.add_argument(
-        "--trace-connect",
-        action="store_true",
-        default=flag("TRACE_CONNECT"),
-        help="also run the containerd socket tracer (BPF; root or CAP_BPF and CAP_PERFMON) "
-        "[OCIRESOLVE_TRACE_CONNECT=1]",
+    if always:
+        parser.set_defaults(report_deprecations=True)
+    else:
+        report.add_argument(
+            "--report-deprecations",
+            action="store_true",
+            default=_flag(env, "REPORT_DEPRECATIONS"),
+            help="poll containerd's deprecation warnings and report each new occurrence "
+            "[OCIRESOLVE_REPORT_DEPRECATIONS=1]",
+        )
+    report.add_argument(
+        "--containerd-socket",
+        default=default("CONTAINERD_SOCKET"),
+        metavar="PATH",
+        help="containerd's API socket, on the host [OCIRESOLVE_CONTAINERD_SOCKET] (default: "
+        "the first of containerd's and k3s' sockets that exists)",
     )
-    add_connect_arguments(trace, prefix="trace-")
+    report.add_argument(
+        "--deprecations-interval",
+        type=_seconds,
+        default=default("DEPRECATIONS_INTERVAL", "5"),
+        metavar="SECONDS",
+        help="how often to poll the warnings [OCIRESOLVE_DEPRECATIONS_INTERVAL] (default: 5)",
+    )

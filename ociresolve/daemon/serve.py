@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,11 +23,15 @@ from ociresolve.daemon import logs
 from ociresolve.daemon.http import HttpServer
 from ociresolve.daemon.metrics import Metrics
 from ociresolve.daemon.server import ApiServer
+from ociresolve.deprecations.correlate import Connection
 from ociresolve.errors import OciresolveError
 from ociresolve.resolver import Resolver
 
 if TYPE_CHECKING:
+    from ociresolve.deprecations.reporter import Reporter
+    from tracer.attribution import Attribution
     from tracer.connect import ConnectTracer
+    from tracer.events import ConnectEvent
 
 log = logging.getLogger("ociresolve.serve")
 
@@ -62,19 +67,23 @@ class Daemon:
             cri_socket=args.cri_socket,
             cri_observer=self.metrics.observe_cri if self.metrics is not None else None,
         )
-        self.api = ApiServer(
-            self.resolver, args.socket, mode=args.socket_mode, owner=args.socket_owner
+        self.api = (
+            ApiServer(self.resolver, args.socket, mode=args.socket_mode, owner=args.socket_owner)
+            if args.socket
+            else None
         )
         self.tracer: ConnectTracer | None = None
-        self._tracer_thread: threading.Thread | None = None
+        self.reporter: Reporter | None = None
+        self._threads: list[threading.Thread] = []
         self._tracer_stop = threading.Event()
 
     def healthy(self) -> bool:
         watcher = self.resolver.watcher
         if not self.ready.is_set():
             return True  # still scanning: alive, not ready
-        alive = watcher is not None and watcher.alive and self.api.serving
-        return alive and (self._tracer_thread is None or self._tracer_thread.is_alive())
+        alive = watcher is not None and watcher.alive
+        alive = alive and (self.api is None or self.api.serving)
+        return alive and all(thread.is_alive() for thread in self._threads)
 
     def run(self, stop: threading.Event) -> int:
         http = self._start_http()
@@ -82,26 +91,31 @@ class Daemon:
             self._start_tracer()
             if stop.is_set():
                 return EXIT_OK
+            self._make_reporter()
             started = time.perf_counter()
             self.resolver.start()
-            self.api.start()
+            service = self.api.start().service if self.api is not None else None
+            if service is not None:
+                service.reporter = self.reporter
             if self.metrics is not None:
                 self.metrics.watch(
                     self.resolver,
-                    self.api.service,
+                    service,
                     self.tracer.counts if self.tracer is not None else None,
                     self.ready.is_set,
                 )
             self._run_tracer()
+            self._run_reporter(stop)
             self.ready.set()
             log.info(
                 "ready",
                 extra=logs.fields(
                     containers=len(self.resolver.index),
                     scan_ms=round((time.perf_counter() - started) * 1000, 1),
-                    socket=self.api.socket_path,
+                    socket=self.api.socket_path if self.api is not None else None,
                     metrics=self.args.metrics_address or None,
                     tracer="connect" if self.tracer is not None else None,
+                    deprecations=self.reporter.source.endpoint if self.reporter else None,
                 ),
             )
             stop.wait()
@@ -137,28 +151,88 @@ class Daemon:
             raise OciresolveError(f"--trace-connect: {exc}") from exc
         self.tracer = tracer
 
+    def _make_reporter(self) -> None:
+        if not self.args.report_deprecations:
+            return
+        from ociresolve.deprecations import IntrospectionClient, containerd_socket
+        from ociresolve.deprecations.correlate import Correlator
+        from ociresolve.deprecations.reporter import Reporter
+        from tracer.connect import node_name
+
+        socket = containerd_socket(self.resolver.paths, self.args.containerd_socket)
+        if socket is None:
+            raise OciresolveError(
+                "--report-deprecations: no containerd socket found; give --containerd-socket"
+            )
+        self.reporter = Reporter(
+            IntrospectionClient(socket),
+            node=node_name(),
+            stream=sys.stdout,
+            interval=self.args.deprecations_interval,
+            correlator=Correlator() if self.tracer is not None else None,
+        )
+
     def _run_tracer(self) -> None:
         tracer = self.tracer
         if tracer is None:
             return
+        observer = self._feed_reporter if self.reporter is not None else None
 
         def trace() -> None:
             try:
-                tracer.run(self.resolver, self._tracer_stop)
+                tracer.run(self.resolver, self._tracer_stop, observer=observer)
             except Exception:
                 log.exception("the connect tracer failed")
 
-        self._tracer_thread = threading.Thread(target=trace, name="ociresolve-tracer")
-        self._tracer_thread.start()
+        self._start_thread(trace, "ociresolve-tracer")
+
+    def _feed_reporter(self, event: ConnectEvent, who: Attribution) -> None:
+        """The tracer's connections to the containerd socket, for the reporter."""
+        reporter, tracer = self.reporter, self.tracer
+        if reporter is None or tracer is None or event.family != "unix":
+            return
+        meta = who.meta
+        reporter.connected(
+            Connection(
+                connect_ns=tracer.wall_ns(event),
+                pid=event.tgid,
+                comm=event.comm,
+                pod_namespace=meta.pod_namespace if meta is not None else None,
+                pod_name=meta.pod_name if meta is not None else None,
+                container=meta.container_name if meta is not None else None,
+                container_id=who.container_id,
+            )
+        )
+
+    def _run_reporter(self, stop: threading.Event) -> None:
+        reporter = self.reporter
+        if reporter is None:
+            return
+
+        def report() -> None:
+            try:
+                reporter.run(stop)
+            except Exception:
+                log.exception("the deprecation reporter failed")
+
+        self._start_thread(report, "ociresolve-deprecations")
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name)
+        thread.start()
+        self._threads.append(thread)
 
     def _stop(self, http: HttpServer | None) -> None:
         self.ready.clear()
         self._tracer_stop.set()
-        self.api.stop(STOP_GRACE)
-        if self._tracer_thread is not None:
-            self._tracer_thread.join(5.0)
+        if self.api is not None:
+            self.api.stop(STOP_GRACE)
+        for thread in self._threads:
+            thread.join(5.0)
         if self.tracer is not None:
             self.tracer.close()
+        if self.reporter is not None:
+            self.reporter.close()
         self.resolver.close()
         if http is not None:
             http.stop()

@@ -21,6 +21,8 @@ import grpc
 
 from ociresolve.daemon import api_pb2, api_pb2_grpc
 from ociresolve.daemon.convert import meta_message, to_message
+from ociresolve.deprecations.correlate import Attribution
+from ociresolve.deprecations.reporter import Reporter
 from ociresolve.errors import OciresolveError, ProcessNotFound
 from ociresolve.model import Change, IndexedContainer, Resolution
 from ociresolve.resolver import Resolver
@@ -84,6 +86,8 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
         watch_queue: int = WATCH_QUEUE,
     ) -> None:
         self.resolver = resolver
+        # Set by the daemon when it reports deprecations (``serve --report-deprecations``).
+        self.reporter: Reporter | None = None
         self.executor = executor
         self.max_watchers = max_watchers
         self.watch_queue = watch_queue
@@ -129,6 +133,18 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
 
     async def List(self, request: api_pb2.ListRequest, context: Context) -> api_pb2.ListResponse:
         return api_pb2.ListResponse(containers=[to_message(r) for r in self.resolver.containers()])
+
+    async def DeprecatedApiClients(
+        self, request: api_pb2.DeprecatedApiClientsRequest, context: Context
+    ) -> api_pb2.DeprecatedApiClientsResponse:
+        reporter = self.reporter
+        if reporter is None:
+            return api_pb2.DeprecatedApiClientsResponse(reporting=False)
+        return api_pb2.DeprecatedApiClientsResponse(
+            reporting=True,
+            correlating=reporter.correlator is not None,
+            clients=[_client(a) for a in reporter.clients()],
+        )
 
     async def _lookup(self, request: api_pb2.LookupRequest) -> Response:
         key = request.WhichOneof("key")
@@ -256,6 +272,23 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
     def _fan_out(self, event: api_pb2.WatchEvent) -> None:
         for stream in self._streams:
             stream.offer(event)
+
+
+def _client(attribution: Attribution) -> api_pb2.DeprecatedApiClient:
+    who = attribution.identity
+    return api_pb2.DeprecatedApiClient(
+        deprecation=attribution.deprecation,
+        pod_namespace=who.pod_namespace or "",
+        pod_name=who.pod_name or "",
+        container=who.container or "",
+        comm=who.comm,
+        confidence=attribution.confidence,
+        occurrences=attribution.occurrences,
+        considered=attribution.considered,
+        last_seen_unix_nano=attribution.last_seen_ns,
+        container_id=attribution.container_id or "",
+        pid=attribution.pid or 0,
+    )
 
 
 def _found(record: IndexedContainer, source: str) -> Response:
