@@ -55,6 +55,29 @@ NODE: NamespaceMode.ValueType  # 2
 TARGET: NamespaceMode.ValueType  # 3
 Global___NamespaceMode: _TypeAlias = NamespaceMode  # noqa: Y015
 
+class _MountPropagation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MountPropagationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MountPropagation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROPAGATION_PRIVATE: _MountPropagation.ValueType  # 0
+    """rprivate"""
+    PROPAGATION_HOST_TO_CONTAINER: _MountPropagation.ValueType  # 1
+    """rslave: the host's later mounts below host_path show in the container (HostToContainer)."""
+    PROPAGATION_BIDIRECTIONAL: _MountPropagation.ValueType  # 2
+    """rshared (Bidirectional)."""
+
+class MountPropagation(_MountPropagation, metaclass=_MountPropagationEnumTypeWrapper): ...
+
+PROPAGATION_PRIVATE: MountPropagation.ValueType  # 0
+"""rprivate"""
+PROPAGATION_HOST_TO_CONTAINER: MountPropagation.ValueType  # 1
+"""rslave: the host's later mounts below host_path show in the container (HostToContainer)."""
+PROPAGATION_BIDIRECTIONAL: MountPropagation.ValueType  # 2
+"""rshared (Bidirectional)."""
+Global___MountPropagation: _TypeAlias = MountPropagation  # noqa: Y015
+
 class _PodSandboxState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -150,23 +173,70 @@ class NamespaceOption(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     IPC_FIELD_NUMBER: _builtins.int
+    TARGET_ID_FIELD_NUMBER: _builtins.int
     network: Global___NamespaceMode.ValueType
     pid: Global___NamespaceMode.ValueType
     ipc: Global___NamespaceMode.ValueType
+    target_id: _builtins.str
+    """The container whose namespaces a TARGET mode joins."""
     def __init__(
         self,
         *,
         network: Global___NamespaceMode.ValueType = ...,
         pid: Global___NamespaceMode.ValueType = ...,
         ipc: Global___NamespaceMode.ValueType = ...,
+        target_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ipc", b"ipc", "network", b"network", "pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ipc", b"ipc", "network", b"network", "pid", b"pid", "target_id", b"target_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NamespaceOption: _TypeAlias = NamespaceOption  # noqa: Y015
+
+@_typing.final
+class Int64Value(_message.Message):
+    """A wrapper, so that an unset value differs from 0 (e.g. uid 0)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    value: _builtins.int
+    def __init__(
+        self,
+        *,
+        value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Int64Value: _TypeAlias = Int64Value  # noqa: Y015
+
+@_typing.final
+class KeyValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyValue: _TypeAlias = KeyValue  # noqa: Y015
 
 @_typing.final
 class ImageSpec(_message.Message):
@@ -221,19 +291,22 @@ class Mount(_message.Message):
     CONTAINER_PATH_FIELD_NUMBER: _builtins.int
     HOST_PATH_FIELD_NUMBER: _builtins.int
     READONLY_FIELD_NUMBER: _builtins.int
+    PROPAGATION_FIELD_NUMBER: _builtins.int
     container_path: _builtins.str
     host_path: _builtins.str
     readonly: _builtins.bool
+    propagation: Global___MountPropagation.ValueType
     def __init__(
         self,
         *,
         container_path: _builtins.str = ...,
         host_path: _builtins.str = ...,
         readonly: _builtins.bool = ...,
+        propagation: Global___MountPropagation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_path", b"container_path", "host_path", b"host_path", "readonly", b"readonly"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_path", b"container_path", "host_path", b"host_path", "propagation", b"propagation", "readonly", b"readonly"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -273,20 +346,77 @@ class PodSandboxMetadata(_message.Message):
 Global___PodSandboxMetadata: _TypeAlias = PodSandboxMetadata  # noqa: Y015
 
 @_typing.final
+class SecurityProfile(_message.Message):
+    """A seccomp (or AppArmor) profile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _ProfileType:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ProfileTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SecurityProfile._ProfileType.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        RuntimeDefault: SecurityProfile._ProfileType.ValueType  # 0
+        Unconfined: SecurityProfile._ProfileType.ValueType  # 1
+        Localhost: SecurityProfile._ProfileType.ValueType  # 2
+
+    class ProfileType(_ProfileType, metaclass=_ProfileTypeEnumTypeWrapper): ...
+    RuntimeDefault: SecurityProfile.ProfileType.ValueType  # 0
+    Unconfined: SecurityProfile.ProfileType.ValueType  # 1
+    Localhost: SecurityProfile.ProfileType.ValueType  # 2
+
+    PROFILE_TYPE_FIELD_NUMBER: _builtins.int
+    LOCALHOST_REF_FIELD_NUMBER: _builtins.int
+    profile_type: Global___SecurityProfile.ProfileType.ValueType
+    localhost_ref: _builtins.str
+    """For Localhost: the profile's path on the node."""
+    def __init__(
+        self,
+        *,
+        profile_type: Global___SecurityProfile.ProfileType.ValueType = ...,
+        localhost_ref: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["localhost_ref", b"localhost_ref", "profile_type", b"profile_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecurityProfile: _TypeAlias = SecurityProfile  # noqa: Y015
+
+@_typing.final
 class LinuxSandboxSecurityContext(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_OPTIONS_FIELD_NUMBER: _builtins.int
+    RUN_AS_USER_FIELD_NUMBER: _builtins.int
+    READONLY_ROOTFS_FIELD_NUMBER: _builtins.int
+    PRIVILEGED_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    readonly_rootfs: _builtins.bool
+    privileged: _builtins.bool
+    """Must be true when any container of the pod is privileged."""
     @_builtins.property
     def namespace_options(self) -> Global___NamespaceOption: ...
+    @_builtins.property
+    def run_as_user(self) -> Global___Int64Value:
+        """UID of the sandbox's processes."""
+
+    @_builtins.property
+    def seccomp(self) -> Global___SecurityProfile: ...
     def __init__(
         self,
         *,
         namespace_options: Global___NamespaceOption | None = ...,
+        run_as_user: Global___Int64Value | None = ...,
+        readonly_rootfs: _builtins.bool = ...,
+        privileged: _builtins.bool = ...,
+        seccomp: Global___SecurityProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["namespace_options", b"namespace_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["namespace_options", b"namespace_options", "run_as_user", b"run_as_user", "seccomp", b"seccomp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_options", b"namespace_options"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace_options", b"namespace_options", "privileged", b"privileged", "readonly_rootfs", b"readonly_rootfs", "run_as_user", b"run_as_user", "seccomp", b"seccomp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -873,6 +1003,107 @@ class ContainerMetadata(_message.Message):
 Global___ContainerMetadata: _TypeAlias = ContainerMetadata  # noqa: Y015
 
 @_typing.final
+class Capability(_message.Message):
+    """Capability names as in Kubernetes (e.g. "BPF", "SYS_PTRACE"; "ALL" in drop_capabilities)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADD_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    DROP_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def add_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def drop_capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        add_capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        drop_capabilities: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_capabilities", b"add_capabilities", "drop_capabilities", b"drop_capabilities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Capability: _TypeAlias = Capability  # noqa: Y015
+
+@_typing.final
+class LinuxContainerSecurityContext(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    PRIVILEGED_FIELD_NUMBER: _builtins.int
+    NAMESPACE_OPTIONS_FIELD_NUMBER: _builtins.int
+    RUN_AS_USER_FIELD_NUMBER: _builtins.int
+    RUN_AS_USERNAME_FIELD_NUMBER: _builtins.int
+    READONLY_ROOTFS_FIELD_NUMBER: _builtins.int
+    NO_NEW_PRIVS_FIELD_NUMBER: _builtins.int
+    RUN_AS_GROUP_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    privileged: _builtins.bool
+    run_as_username: _builtins.str
+    readonly_rootfs: _builtins.bool
+    no_new_privs: _builtins.bool
+    """allowPrivilegeEscalation: false sets this."""
+    @_builtins.property
+    def capabilities(self) -> Global___Capability: ...
+    @_builtins.property
+    def namespace_options(self) -> Global___NamespaceOption:
+        """hostPID and friends: kubelet sets these per container as well as per sandbox."""
+
+    @_builtins.property
+    def run_as_user(self) -> Global___Int64Value: ...
+    @_builtins.property
+    def run_as_group(self) -> Global___Int64Value: ...
+    @_builtins.property
+    def seccomp(self) -> Global___SecurityProfile:
+        """Unset: the runtime's choice (containerd 1.6: unconfined), not RuntimeDefault."""
+
+    def __init__(
+        self,
+        *,
+        capabilities: Global___Capability | None = ...,
+        privileged: _builtins.bool = ...,
+        namespace_options: Global___NamespaceOption | None = ...,
+        run_as_user: Global___Int64Value | None = ...,
+        run_as_username: _builtins.str = ...,
+        readonly_rootfs: _builtins.bool = ...,
+        no_new_privs: _builtins.bool = ...,
+        run_as_group: Global___Int64Value | None = ...,
+        seccomp: Global___SecurityProfile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "namespace_options", b"namespace_options", "run_as_group", b"run_as_group", "run_as_user", b"run_as_user", "seccomp", b"seccomp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "namespace_options", b"namespace_options", "no_new_privs", b"no_new_privs", "privileged", b"privileged", "readonly_rootfs", b"readonly_rootfs", "run_as_group", b"run_as_group", "run_as_user", b"run_as_user", "run_as_username", b"run_as_username", "seccomp", b"seccomp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinuxContainerSecurityContext: _TypeAlias = LinuxContainerSecurityContext  # noqa: Y015
+
+@_typing.final
+class LinuxContainerConfig(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECURITY_CONTEXT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def security_context(self) -> Global___LinuxContainerSecurityContext:
+        """resources = 1 (LinuxContainerResources) is not declared: not used."""
+
+    def __init__(
+        self,
+        *,
+        security_context: Global___LinuxContainerSecurityContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["security_context", b"security_context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["security_context", b"security_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinuxContainerConfig: _TypeAlias = LinuxContainerConfig  # noqa: Y015
+
+@_typing.final
 class ContainerConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -921,10 +1152,12 @@ class ContainerConfig(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     ARGS_FIELD_NUMBER: _builtins.int
     WORKING_DIR_FIELD_NUMBER: _builtins.int
+    ENVS_FIELD_NUMBER: _builtins.int
     MOUNTS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
+    LINUX_FIELD_NUMBER: _builtins.int
     working_dir: _builtins.str
     log_path: _builtins.str
     """Relative to PodSandboxConfig.log_directory, e.g. <container name>/<attempt>.log."""
@@ -939,11 +1172,15 @@ class ContainerConfig(_message.Message):
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
+    def envs(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyValue]: ...
+    @_builtins.property
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def linux(self) -> Global___LinuxContainerConfig: ...
     def __init__(
         self,
         *,
@@ -952,14 +1189,16 @@ class ContainerConfig(_message.Message):
         command: _abc.Iterable[_builtins.str] | None = ...,
         args: _abc.Iterable[_builtins.str] | None = ...,
         working_dir: _builtins.str = ...,
+        envs: _abc.Iterable[Global___KeyValue] | None = ...,
         mounts: _abc.Iterable[Global___Mount] | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         log_path: _builtins.str = ...,
+        linux: Global___LinuxContainerConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "linux", b"linux", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "args", b"args", "command", b"command", "image", b"image", "labels", b"labels", "log_path", b"log_path", "metadata", b"metadata", "mounts", b"mounts", "working_dir", b"working_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "args", b"args", "command", b"command", "envs", b"envs", "image", b"image", "labels", b"labels", "linux", b"linux", "log_path", b"log_path", "metadata", b"metadata", "mounts", b"mounts", "working_dir", b"working_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

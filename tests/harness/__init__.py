@@ -15,7 +15,8 @@ that into a skip, or a failure under ``OCIRESOLVE_REQUIRE_E2E=1``.
 from __future__ import annotations
 
 from .containerd import Containerd
-from .cri import ContainerSpec, CriClient, Mount, Pod, PodFactory
+from .cri import ContainerSpec, CriClient, Mount, Pod, PodFactory, SecurityContext
+from .daemon_process import DaemonProcess as DaemonProcess
 from .errors import HarnessError
 from .image import PAUSE_IMAGE, UNIXCONNECT, WORKLOAD_IMAGE, ImageSet, build_images, import_images
 from .procs import is_alive
@@ -34,6 +35,7 @@ __all__ = [
     "Mount",
     "Pod",
     "PodFactory",
+    "SecurityContext",
     "TracerProcess",
     "bpf_requirements",
     "build_images",

@@ -39,16 +39,55 @@ LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
 
 @dataclass(frozen=True)
 class Mount:
-    """A host path bind-mounted into a container."""
+    """A host path bind-mounted into a container.
+
+    ``propagation``: ``"private"`` (the default), ``"host-to-container"`` (Kubernetes'
+    ``HostToContainer``: the host's later mounts below ``host_path`` show inside) or
+    ``"bidirectional"``.
+    """
 
     host_path: str
     container_path: str
     readonly: bool = False
+    propagation: str = "private"
+
+
+_PROPAGATION = {
+    "private": api_pb2.PROPAGATION_PRIVATE,
+    "host-to-container": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
+    "bidirectional": api_pb2.PROPAGATION_BIDIRECTIONAL,
+}
+
+
+@dataclass(frozen=True)
+class SecurityContext:
+    """A container's Linux security settings, as kubelet passes a container's
+    ``securityContext`` to the CRI.
+
+    ``host_pid`` runs the container in the node's PID namespace; its pod must be started with
+    ``host_pid=True`` too (``hostPID`` is a pod setting that kubelet passes on both levels).
+    ``seccomp``: ``None`` leaves it to the runtime (containerd 1.6: unconfined), else
+    ``"RuntimeDefault"``, ``"Unconfined"`` or ``"Localhost:<path>"``.
+    """
+
+    add_capabilities: Sequence[str] = ()
+    drop_capabilities: Sequence[str] = ()
+    privileged: bool = False
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    readonly_rootfs: bool = False
+    no_new_privs: bool = False
+    host_pid: bool = False
+    seccomp: str | None = None
 
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """What to run in one container of a pod."""
+    """What to run in one container of a pod.
+
+    ``security`` None sends no Linux security context at all (the runtime's defaults, and the
+    pod's PID namespace), as the harness always did.
+    """
 
     name: str
     command: Sequence[str]
@@ -57,6 +96,56 @@ class ContainerSpec:
     mounts: Sequence[Mount] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    security: SecurityContext | None = None
+    working_dir: str = ""
+
+
+def _security_profile(value: str) -> api_pb2.SecurityProfile:
+    kind, _, ref = value.partition(":")
+    types = {
+        "RuntimeDefault": api_pb2.SecurityProfile.RuntimeDefault,
+        "Unconfined": api_pb2.SecurityProfile.Unconfined,
+        "Localhost": api_pb2.SecurityProfile.Localhost,
+    }
+    if kind not in types:
+        raise ValueError(f"unknown seccomp profile {value!r}")
+    return api_pb2.SecurityProfile(profile_type=types[kind], localhost_ref=ref)
+
+
+def linux_container_config(
+    security: SecurityContext, pod_config: api_pb2.PodSandboxConfig
+) -> api_pb2.LinuxContainerConfig:
+    """The CRI ``LinuxContainerConfig`` kubelet would send for ``security`` in this pod.
+
+    Namespaces follow the pod's (network, IPC); the PID namespace is the node's with
+    ``host_pid``, else the container's own, as kubelet does for pods without
+    ``shareProcessNamespace``.
+    """
+    pod_ns = pod_config.linux.security_context.namespace_options
+    if security.host_pid and pod_ns.pid != api_pb2.NODE:
+        raise ValueError("host_pid needs a pod started with host_pid=True")
+    context = api_pb2.LinuxContainerSecurityContext(
+        capabilities=api_pb2.Capability(
+            add_capabilities=list(security.add_capabilities),
+            drop_capabilities=list(security.drop_capabilities),
+        ),
+        privileged=security.privileged,
+        namespace_options=api_pb2.NamespaceOption(
+            network=pod_ns.network,
+            ipc=pod_ns.ipc,
+            pid=api_pb2.NODE if security.host_pid else api_pb2.CONTAINER,
+        ),
+        readonly_rootfs=security.readonly_rootfs,
+        no_new_privs=security.no_new_privs,
+    )
+    if security.run_as_user is not None:
+        context.run_as_user.value = security.run_as_user
+    if security.run_as_group is not None:
+        context.run_as_group.value = security.run_as_group
+    if security.seccomp is not None:
+        context.seccomp.CopyFrom(_security_profile(security.seccomp))
+    return api_pb2.LinuxContainerConfig(security_context=context)
 
 
 @dataclass(frozen=True)
@@ -148,8 +237,14 @@ class CriClient:
         *,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        host_pid: bool = False,
+        privileged: bool = False,
     ) -> api_pb2.PodSandboxConfig:
-        """The sandbox config kubelet would send for a host-network pod (``uid`` made if None)."""
+        """The sandbox config kubelet would send for a host-network pod (``uid`` made if None).
+
+        ``host_pid``: the pod's PID namespace is the node's (``hostPID: true``); ``privileged``:
+        some container of the pod will be privileged.
+        """
         uid = uid or str(uuid.uuid4())
         all_labels = {LABEL_POD_NAME: name, LABEL_POD_NAMESPACE: namespace, LABEL_POD_UID: uid}
         all_labels.update(labels or {})
@@ -162,7 +257,10 @@ class CriClient:
             linux=api_pb2.LinuxPodSandboxConfig(
                 cgroup_parent=f"{self.cgroup_parent}/kubepods/besteffort/pod{uid}",
                 security_context=api_pb2.LinuxSandboxSecurityContext(
-                    namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE),
+                    namespace_options=api_pb2.NamespaceOption(
+                        network=api_pb2.NODE, pid=api_pb2.NODE if host_pid else api_pb2.POD
+                    ),
+                    privileged=privileged,
                 ),
             ),
         )
@@ -226,10 +324,14 @@ class CriClient:
         mounts: Iterable[Mount] = (),
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        security: SecurityContext | None = None,
+        working_dir: str = "",
     ) -> str:
         """Create (not start) a container in a sandbox and return its id.
 
-        ``pod_config`` defaults to the config this client ran the sandbox with.
+        ``pod_config`` defaults to the config this client ran the sandbox with. ``security``
+        None sends no Linux security context (see ``ContainerSpec``).
         """
         if pod_config is None:
             try:
@@ -251,9 +353,14 @@ class CriClient:
             image=api_pb2.ImageSpec(image=image),
             command=list(command),
             args=list(args),
+            working_dir=working_dir,
+            envs=[api_pb2.KeyValue(key=k, value=v) for k, v in (env or {}).items()],
             mounts=[
                 api_pb2.Mount(
-                    host_path=m.host_path, container_path=m.container_path, readonly=m.readonly
+                    host_path=m.host_path,
+                    container_path=m.container_path,
+                    readonly=m.readonly,
+                    propagation=_PROPAGATION[m.propagation],
                 )
                 for m in mounts
             ],
@@ -261,6 +368,8 @@ class CriClient:
             annotations=dict(annotations or {}),
             log_path=f"{name}/0.log",
         )
+        if security is not None:
+            config.linux.CopyFrom(linux_container_config(security, pod_config))
         request = api_pb2.CreateContainerRequest(
             pod_sandbox_id=sandbox_id, config=config, sandbox_config=pod_config
         )
@@ -342,12 +451,22 @@ class CriClient:
         uid: str | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        host_pid: bool = False,
     ) -> Pod:
         """Run a sandbox, then create and start each container in order.
 
         On any failure, what was made so far is torn down before the error propagates.
         """
-        config = self.pod_config(name, namespace, uid, labels=labels, annotations=annotations)
+        privileged = any(s.security is not None and s.security.privileged for s in containers)
+        config = self.pod_config(
+            name,
+            namespace,
+            uid,
+            labels=labels,
+            annotations=annotations,
+            host_pid=host_pid,
+            privileged=privileged,
+        )
         sandbox_id = self.run_pod_sandbox(config)
         ids: dict[str, str] = {}
         try:
@@ -362,6 +481,9 @@ class CriClient:
                     mounts=spec.mounts,
                     labels=spec.labels,
                     annotations=spec.annotations,
+                    env=spec.env,
+                    security=spec.security,
+                    working_dir=spec.working_dir,
                 )
                 ids[spec.name] = container_id
                 self.start_container(container_id)
@@ -387,10 +509,17 @@ class CriClient:
         uid: str | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        host_pid: bool = False,
     ) -> Iterator[Pod]:
         """``start_pod`` as a context manager that tears the pod down on exit."""
         started = self.start_pod(
-            name, containers, namespace=namespace, uid=uid, labels=labels, annotations=annotations
+            name,
+            containers,
+            namespace=namespace,
+            uid=uid,
+            labels=labels,
+            annotations=annotations,
+            host_pid=host_pid,
         )
         try:
             yield started
@@ -454,11 +583,18 @@ class PodFactory:
         uid: str | None = None,
         labels: Mapping[str, str] | None = None,
         annotations: Mapping[str, str] | None = None,
+        host_pid: bool = False,
     ) -> Pod:
         if containers is None:
             containers = [ContainerSpec("main", ["sleep", "3600"])]
         pod = self.client.start_pod(
-            name, containers, namespace=namespace, uid=uid, labels=labels, annotations=annotations
+            name,
+            containers,
+            namespace=namespace,
+            uid=uid,
+            labels=labels,
+            annotations=annotations,
+            host_pid=host_pid,
         )
         self.pods.append(pod)
         return pod

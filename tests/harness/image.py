@@ -204,16 +204,14 @@ def build_images(work_dir: Path) -> ImageSet:
 
 def import_images(socket: Path, images: ImageSet, *, timeout: float = 60.0) -> None:
     """Import ``images`` into the ``k8s.io`` namespace of the containerd at ``socket``."""
-    command = [
-        "ctr",
-        "--address",
-        str(socket),
-        "--namespace",
-        "k8s.io",
-        "images",
-        "import",
-        str(images.tarball),
-    ]
+    import_tarball(socket, images.tarball, timeout=timeout)
+
+
+def import_tarball(socket: Path, tarball: Path, *, timeout: float = 60.0) -> None:
+    """Import an image tarball (OCI layout or docker-archive) into the ``k8s.io`` namespace
+    of the containerd at ``socket``, where the CRI plugin finds it."""
+    command = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+    command += ["images", "import", str(tarball)]
     try:
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, check=False

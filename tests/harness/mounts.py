@@ -39,3 +39,31 @@ def mount_table(mounts_file: Path = MOUNTS_FILE) -> list[MountEntry]:
             )
         )
     return entries
+
+
+MOUNTINFO_FILE = Path("/proc/self/mountinfo")
+
+
+def propagation_of(path: str | Path, mountinfo_file: Path = MOUNTINFO_FILE) -> str:
+    """``"shared"``, ``"slave"`` or ``"private"``: the propagation of the mount ``path`` is on.
+
+    A bind mount with HostToContainer (rslave) or Bidirectional (rshared) propagation needs its
+    source on a shared or slave mount; on a machine without systemd ``/`` is often private.
+    """
+    resolved = Path(path).resolve()
+    best: tuple[int, str] = (-1, "private")
+    for line in mountinfo_file.read_text().splitlines():
+        fields = line.split()
+        # id parent major:minor root mount-point options optional-fields... - fstype ...
+        target = Path(_unescape(fields[4]))
+        if not resolved.is_relative_to(target) or len(target.parts) <= best[0]:
+            continue
+        optional = fields[6 : fields.index("-")]
+        if any(f.startswith("shared:") for f in optional):
+            kind = "shared"
+        elif any(f.startswith("master:") for f in optional):
+            kind = "slave"
+        else:
+            kind = "private"
+        best = (len(target.parts), kind)
+    return best[1]
