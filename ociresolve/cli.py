@@ -354,11 +354,15 @@ def _lookup(args: argparse.Namespace) -> int:
         if answer.container_id is None:
             _error(f"pid {args.pid} is not in a container")
         else:
-            last = answer.steps[-1] if answer.steps else Step(step="daemon", result="", seconds=0)
+            tried = [step for step in answer.steps if step.step != "daemon"]
+            why = (
+                f"{tried[-1].step}: {printable(tried[-1].result)}"
+                if tried
+                else "the daemon's index, its bundles and the CRI do not have it"
+            )
             _error(
                 f"pid {args.pid} is in container {short_id(answer.container_id)}, which "
-                "no runtime root knows as a Kubernetes container "
-                f"({last.step}: {printable(last.result) or 'not found'})"
+                f"no runtime root knows as a Kubernetes container ({why})"
             )
         if args.explain:
             _print_steps(steps, args.json, sys.stderr)

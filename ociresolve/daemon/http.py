@@ -32,6 +32,13 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the operator asked for it
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The standard library's 5 would drop a probe's SYN behind a burst of connections, and
+    # its retry comes a second later: past kubelet's default probe timeout.
+    request_queue_size = 128
+
+
 class HttpServer:
     def __init__(
         self, address: str, *, healthy: Check, ready: Check, metrics: Exposition | None
@@ -39,10 +46,9 @@ class HttpServer:
         host, port = parse_address(address)
         handler = _handler(healthy, ready, metrics)
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _Server((host, port), handler)
         except OSError as exc:
             raise OciresolveError(f"metrics address {address}: {exc.strerror}") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.1,), name="ociresolve-http", daemon=True
         )

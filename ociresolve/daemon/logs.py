@@ -18,7 +18,7 @@ from tracer.logfmt import line
 Format = Literal["logfmt", "json"]
 LEVELS: Final = ("debug", "info", "warning", "error")
 
-_ENCODER: Final = msgspec.json.Encoder()
+_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)  # a Path, an exception: as text
 
 
 def _timestamp(created: float) -> str:

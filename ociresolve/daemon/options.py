@@ -1,5 +1,8 @@
-"""The command line of ``ociresolve serve``; every option also has an environment variable
-(``OCIRESOLVE_*``), which a DaemonSet sets. A flag given on the command line wins.
+"""The command line of ``ociresolve serve``; each of the daemon's own options also has an
+environment variable (``OCIRESOLVE_*``), which a DaemonSet sets, and a flag given on the command
+line wins. The tracer's options (``--trace-*``) are flags only, but for
+``OCIRESOLVE_TRACE_CONNECT``. A bad value in the environment is a usage error, as on the command
+line.
 
 Only argparse here: ``ociresolve/cli.py`` adds these without importing grpc or BCC.
 """
@@ -10,14 +13,17 @@ import argparse
 import grp
 import os
 import pwd
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
 
 from ociresolve.daemon.client import DEFAULT_SOCKET, SOCKET_ENV
 from ociresolve.daemon.logs import LEVELS
 from tracer.options import add_connect_arguments
 
 _TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off", "")
+# The deprecation poller backs off up to a minute when the runtime is down.
+MAX_INTERVAL: Final = 60.0
 
 
 def _mode(text: str) -> int:
@@ -58,6 +64,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if not 0 < value <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_INTERVAL:g} s")
+    return value
+
+
 def add_serve_arguments(
     parser: argparse.ArgumentParser,
     environ: Mapping[str, str] | None = None,
@@ -79,8 +92,10 @@ def add_serve_arguments(
     )
     trace.add_argument(
         "--trace-connect",
-        action="store_true",
-        default=_flag(env, "TRACE_CONNECT"),
+        nargs="?",
+        const=True,
+        type=_boolean("TRACE_CONNECT"),
+        default=_default(env, "TRACE_CONNECT", "false"),
         help="also run the containerd socket tracer (BPF; root or CAP_BPF and CAP_PERFMON) "
         "[OCIRESOLVE_TRACE_CONNECT=1]",
     )
@@ -91,8 +106,51 @@ def _default(env: Mapping[str, str], name: str, fallback: str | None = None) -> 
     return env.get(f"OCIRESOLVE_{name}") or fallback
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(f"OCIRESOLVE_{name}", "").strip().lower() in _TRUE
+def _boolean(variable: str) -> Callable[[str], bool]:
+    """``--flag`` alone is true; ``--flag=false``, or the environment's ``variable``, say which."""
+
+    def parse(text: str) -> bool:
+        word = text.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise argparse.ArgumentTypeError(
+            f"not true or false: {text!r} (the flag's value, or OCIRESOLVE_{variable})"
+        )
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    """A ``type`` that checks a value against ``choices``: argparse checks ``choices=`` only on
+    the command line, and the environment's values are defaults."""
+
+    def check(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {text!r} (choose from {', '.join(choices)})"
+            )
+        return text
+
+    return check
+
+
+class _ReplaceAppend(argparse.Action):
+    """``append`` whose first use on the command line replaces the default (the
+    environment's list) instead of adding to it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest, None)
+        if current is self.default or current is None:
+            current = []
+        setattr(namespace, self.dest, [*current, values])
 
 
 def _add_api_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
@@ -136,7 +194,7 @@ def _add_node_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     roots = default("RUNTIME_ROOTS")
     node.add_argument(
         "--runtime-root",
-        action="append",
+        action=_ReplaceAppend,
         dest="runtime_roots",
         default=[r for r in roots.split(",") if r] if roots else None,
         metavar="DIR",
@@ -160,8 +218,10 @@ def _add_node_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
     )
     node.add_argument(
         "--no-cri",
-        action="store_true",
-        default=_flag(env, "NO_CRI"),
+        nargs="?",
+        const=True,
+        type=_boolean("NO_CRI"),
+        default=_default(env, "NO_CRI", "false"),
         help="never ask the runtime over CRI [OCIRESOLVE_NO_CRI=1]",
     )
 
@@ -183,13 +243,15 @@ def _add_operations_arguments(
         )
     ops.add_argument(
         "--log-format",
-        choices=("logfmt", "json"),
+        type=_choice("logfmt", "json"),
+        metavar="{logfmt,json}",
         default=default("LOG_FORMAT", "logfmt"),
         help="the daemon's own log lines, on stderr [OCIRESOLVE_LOG_FORMAT] (default: logfmt)",
     )
     ops.add_argument(
         "--log-level",
-        choices=LEVELS,
+        type=_choice(*LEVELS),
+        metavar="{" + ",".join(LEVELS) + "}",
         default=default("LOG_LEVEL", "info"),
         help="[OCIRESOLVE_LOG_LEVEL] (default: info)",
     )
@@ -211,8 +273,10 @@ def _add_reporter_arguments(
     else:
         report.add_argument(
             "--report-deprecations",
-            action="store_true",
-            default=_flag(env, "REPORT_DEPRECATIONS"),
+            nargs="?",
+            const=True,
+            type=_boolean("REPORT_DEPRECATIONS"),
+            default=_default(env, "REPORT_DEPRECATIONS", "false"),
             help="poll containerd's deprecation warnings and report each new occurrence "
             "[OCIRESOLVE_REPORT_DEPRECATIONS=1]",
         )
@@ -225,7 +289,7 @@ def _add_reporter_arguments(
     )
     report.add_argument(
         "--deprecations-interval",
-        type=_seconds,
+        type=_interval,
         default=default("DEPRECATIONS_INTERVAL", "5"),
         metavar="SECONDS",
         help="how often to poll the warnings [OCIRESOLVE_DEPRECATIONS_INTERVAL] (default: 5)",

@@ -5,9 +5,10 @@ node) and, when asked, handed to ``owner``. A stale socket left by a killed daem
 one that still answers is an error (two daemons would split the node's clients).
 
 Hostile clients: a connection that never completes its HTTP/2 preface is dropped after
-``HANDSHAKE_TIMEOUT``; requests are capped in size; more than ``max_concurrent_rpcs`` requests
-in flight are refused with RESOURCE_EXHAUSTED instead of queued; lookups never wait for one
-another (see ``service``).
+``HANDSHAKE_TIMEOUT_MS``; requests are capped in size; one connection holds at most
+``MAX_STREAMS_PER_CONNECTION`` calls at once; more than ``max_concurrent_rpcs`` lookups that
+need the disk or the CRI in flight are refused with RESOURCE_EXHAUSTED instead of queued, and
+lookups never wait for one another (see ``service``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import socket
 import stat
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -37,11 +39,15 @@ MAX_CONCURRENT_RPCS: Final = 1024
 MAX_REQUEST: Final = 1024 * 1024  # a full batch of 4096 container ids is ~300 KB
 HANDSHAKE_TIMEOUT_MS: Final = 5000
 MISS_WORKERS: Final = 4
+MAX_STREAMS_PER_CONNECTION: Final = 16
 
 _OPTIONS: Final = (
     ("grpc.max_receive_message_length", MAX_REQUEST),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
-    ("grpc.max_concurrent_streams", 128),
+    # One connection holds at most this many calls at a time (a client's further calls wait
+    # for a slot on its side): a client that leaves calls unfinished needs 64 connections to
+    # fill the server's MAX_CONCURRENT_RPCS.
+    ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
     ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
     ("grpc.keepalive_time_ms", 60 * 1000),
@@ -66,7 +72,7 @@ class ApiServer:
         self.owner = owner
         self.max_concurrent_rpcs = max_concurrent_rpcs
         self._executor = ThreadPoolExecutor(MISS_WORKERS, thread_name_prefix="ociresolve-miss")
-        self.service = ResolverService(resolver, self._executor)
+        self.service = ResolverService(resolver, self._executor, max_in_flight=max_concurrent_rpcs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -117,19 +123,27 @@ class ApiServer:
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
-        server = grpc.aio.server(options=_OPTIONS, maximum_concurrent_rpcs=self.max_concurrent_rpcs)
+        # No cap on calls here: gRPC would count a call whose request never comes, so clients
+        # that leave calls unfinished could take every slot. The service caps the work instead.
+        server = grpc.aio.server(options=_OPTIONS)
         api_pb2_grpc.add_ResolverServicer_to_server(self.service, server)
-        os.makedirs(os.path.dirname(self.socket_path), mode=0o755, exist_ok=True)
-        # The socket is created with the process's umask: make it private from the start.
-        previous = os.umask(0o177)
+        directory = os.path.dirname(self.socket_path)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        # Bound in a private directory, given its mode and owner there, then moved into place:
+        # nobody can connect before the socket is private.
+        private = tempfile.mkdtemp(prefix=".ociresolve-", dir=directory)
+        bound = os.path.join(private, "api.sock")
         try:
-            server.add_insecure_port(f"unix:{self.socket_path}")
+            server.add_insecure_port(f"unix:{bound}")
             await server.start()
+            os.chmod(bound, self.mode)
+            if self.owner is not None:
+                os.chown(bound, *self.owner)
+            os.rename(bound, self.socket_path)
         finally:
-            os.umask(previous)
-        os.chmod(self.socket_path, self.mode)
-        if self.owner is not None:
-            os.chown(self.socket_path, *self.owner)
+            with contextlib.suppress(OSError):
+                os.unlink(bound)
+            os.rmdir(private)
         self.service.attach(asyncio.get_running_loop())
         self._started.set()
         log.info("API listening on %s", self.socket_path)
@@ -143,6 +157,8 @@ def _clear_stale_socket(path: str) -> None:
         info = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:  # a file where a directory should be, no permission
+        raise OciresolveError(f"cannot serve on {path}: {exc.strerror}") from exc
     if not stat.S_ISSOCK(info.st_mode):
         raise OciresolveError(f"{path} exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

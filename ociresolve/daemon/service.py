@@ -35,6 +35,7 @@ _T = TypeVar("_T")
 Response = api_pb2.LookupResponse
 
 MAX_BATCH: Final = 4096
+MAX_IN_FLIGHT: Final = 1024
 MAX_WATCHERS: Final = 256
 WATCH_QUEUE: Final = 10_000
 
@@ -50,6 +51,10 @@ _RESULTS: Final[dict[api_pb2.LookupResponse.Status.ValueType, str]] = {
     Response.NO_SUCH_PROCESS: "no_such_process",
     Response.ERROR: "error",
 }
+
+
+class _Busy(Exception):
+    """Too many lookups wait for the thread pool: refuse, do not queue."""
 
 
 class _Stream:
@@ -84,6 +89,7 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
         *,
         max_watchers: int = MAX_WATCHERS,
         watch_queue: int = WATCH_QUEUE,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.resolver = resolver
         # Set by the daemon when it reports deprecations (``serve --report-deprecations``).
@@ -91,6 +97,9 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
         self.executor = executor
         self.max_watchers = max_watchers
         self.watch_queue = watch_queue
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # misses being looked up off the loop
+        self.refused = 0
         # (source, result) -> lookups answered; source is "none" when nothing was found.
         self.lookups: collections.Counter[tuple[str, str]] = collections.Counter()
         self.watch_overflows = 0
@@ -118,7 +127,11 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
     # -- lookups -------------------------------------------------------------------------------
 
     async def Lookup(self, request: api_pb2.LookupRequest, context: Context) -> Response:
-        return self._count(await self._lookup(request))
+        try:
+            return self._count(await self._lookup(request))
+        except _Busy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise  # not reached: abort raises
 
     async def LookupBatch(
         self, request: api_pb2.LookupBatchRequest, context: Context
@@ -128,7 +141,11 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{len(request.lookups)} lookups in one batch; at most {MAX_BATCH}",
             )
-        results = [self._count(await self._lookup(one)) for one in request.lookups]
+        try:
+            results = [self._count(await self._lookup(one)) for one in request.lookups]
+        except _Busy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise  # not reached: abort raises
         return api_pb2.LookupBatchResponse(results=results)
 
     async def List(self, request: api_pb2.ListRequest, context: Context) -> api_pb2.ListResponse:
@@ -219,9 +236,17 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
         )
 
     async def _offload(self, call: Callable[[_A], _T], argument: _A) -> _T:
-        """Run a lookup that may touch the disk or the CRI off the loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, call, argument)
+        """Run a lookup that may touch the disk or the CRI off the loop; refuse it (``_Busy``)
+        when ``max_in_flight`` already wait for the pool."""
+        if self.in_flight >= self.max_in_flight:
+            self.refused += 1
+            raise _Busy(f"{self.in_flight} lookups in flight already; at most {self.max_in_flight}")
+        self.in_flight += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, call, argument)
+        finally:
+            self.in_flight -= 1
 
     def _count(self, response: Response) -> Response:
         self.lookups[response.source or "none", _RESULTS.get(response.status, "error")] += 1

@@ -33,12 +33,16 @@ ALLOWED_CAPABILITIES = {
     "PERFMON": "perf_event_open(2): attach the probe to a tracepoint (Linux 5.8+)",
 }
 
-# What each variant adds; a new variant (deprecations, ...) must say what it needs here.
+# What each variant adds; a new variant must say what it needs here.
 ADDED_CAPABILITIES = {
     "default": set(),
     "base": set(),
     "tracer": {"BPF", "PERFMON"},
+    # The tracer's: the reporter only talks to the containerd socket the base mounts.
+    "deprecations": {"BPF", "PERFMON"},
 }
+# The variants that report containerd's deprecation warnings (`--report-deprecations`).
+REPORTER_VARIANTS = {"deprecations"}
 TRACER_VARIANTS = {name for name, caps in ADDED_CAPABILITIES.items() if "BPF" in caps}
 
 # Default host paths deliberately not mounted, and why (documented in deploy/README.md).
@@ -248,3 +252,19 @@ def test_namespace_and_service_account(variant: str, render: Render) -> None:
     assert pod["serviceAccountName"] == by_kind["ServiceAccount"]["metadata"]["name"]
     quota_scope = by_kind["ResourceQuota"]["spec"]["scopeSelector"]["matchExpressions"][0]
     assert pod["priorityClassName"] in quota_scope["values"]
+
+
+@pytest.mark.parametrize("variant", sorted(ADDED_CAPABILITIES))
+def test_reporter_flag_only_in_its_variants(variant: str, render: Render) -> None:
+    args = _main(_pod(_daemonset(render, variant))).get("args", [])
+    assert ("--report-deprecations" in args) == (variant in REPORTER_VARIANTS), args
+    if variant in REPORTER_VARIANTS:
+        # Attributing the warnings to pods needs the tracer in the same process.
+        assert args == ["serve", "--trace-connect", "--report-deprecations"], args
+
+
+def test_the_reporter_variant_is_the_tracer_variant_plus_its_flag(render: Render) -> None:
+    tracer, reporter = _daemonset(render, "tracer"), _daemonset(render, "deprecations")
+    tracer_main, reporter_main = _main(_pod(tracer)), _main(_pod(reporter))
+    assert reporter_main.pop("args") == [*tracer_main.pop("args"), "--report-deprecations"]
+    assert reporter == tracer

@@ -82,7 +82,7 @@ def test_kustomization_builds_with_old_kustomize(kustomization: Path) -> None:
 
 def test_every_variant_is_found() -> None:
     # The README's commands: `kubectl apply -k deploy/` and one directory per variant.
-    assert {"default", "base", "tracer"} <= set(variants())
+    assert {"default", "base", "tracer", "deprecations"} <= set(variants())
 
 
 @pytest.mark.tools

@@ -1,0 +1,450 @@
+"""Finding the clients of the deprecated CRI v1alpha2 API on the real containerd 1.6 + runc.
+
+containerd 1.6 serves ``runtime.v1alpha2.RuntimeService`` beside ``runtime.v1`` but records no
+deprecation warnings (1.7 does). So the calls here are real (containers of the ociresolve image,
+python3 and grpcio inside, calling ``Version`` over the bind-mounted containerd socket, a new
+connection per call), the connections are traced for real (BPF), and containerd >= 1.7's record
+of them is played by a fake introspection server speaking the real protocol, fed with the times
+of the v1alpha2 calls as the caller logged them. The daemon (``serve --report-deprecations
+--trace-connect``) must name the caller, and only it, with high confidence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import Containerd, ContainerSpec, DaemonProcess, Pod, PodFactory, TracerProcess
+from harness.image import import_tarball
+from harness.introspection import V1ALPHA2, FakeIntrospection, parse_logfmt
+from harness.ociresolve_image import (
+    OCIRESOLVE_IMAGE,
+    REPO,
+    build_ociresolve_image,
+    image_build_requirements,
+)
+
+from ociresolve import DaemonClient
+
+pytestmark = [pytest.mark.e2e]
+
+IN_CONTAINER = "/run/containerd/containerd.sock"  # the socket dir, bind-mounted
+OPENED = "containerd socket connection opened"
+OCCURRENCE = "found CRI v1alpha2 API deprecation warning"
+CLIENT = "deprecated API client"
+RETRYING = "cannot read containerd's deprecation warnings; retrying"
+NEEDS_1_7 = "has no deprecation warnings; they need containerd >= 1.7"
+V1ALPHA2_VERSION = "/runtime.v1alpha2.RuntimeService/Version"
+V1_VERSION = "/runtime.v1.RuntimeService/Version"
+TIMEOUT = 20.0
+
+# A CRI caller, run by python3 in the ociresolve image: CALLS calls of PATH, the k-th at
+# START_NS + PHASE + k * PERIOD (CLOCK_REALTIME, shared with the host), each on a new channel
+# (a new connection); after each, one JSON line: the call's number, the times just before and
+# just after it, and what the runtime answered. The request is a VersionRequest serialized by
+# hand (field 1, "version"), as any client of either API version sends it.
+CALLER = r"""
+import json, os, time
+import grpc
+from ociresolve.cri import api_pb2
+
+path, api = os.environ["CRI_PATH"], os.environ["CRI_VERSION"].encode()
+request = b"\n" + bytes([len(api)]) + api
+start = int(os.environ["START_NS"]) + int(float(os.environ["PHASE"]) * 1e9)
+period = float(os.environ["PERIOD"])
+for k in range(int(os.environ["CALLS"])):
+    delay = (start + int(k * period * 1e9) - time.time_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+    before = time.time_ns()
+    with grpc.insecure_channel("unix://" + os.environ["SOCKET"]) as channel:
+        reply = channel.unary_unary(path)(request, timeout=5)
+    after = time.time_ns()
+    version = api_pb2.VersionResponse.FromString(reply)
+    print(json.dumps({"call": k, "before": before, "after": after,
+                      "runtime": version.runtime_name,
+                      "api": version.runtime_api_version}), flush=True)
+"""
+
+
+def _require(reason: str | None) -> None:
+    if reason is None:
+        return
+    if os.environ.get("OCIRESOLVE_REQUIRE_E2E") == "1":
+        pytest.fail(f"e2e: {reason} (OCIRESOLVE_REQUIRE_E2E=1)", pytrace=False)
+    pytest.skip(f"e2e: {reason}")
+
+
+@pytest.fixture(scope="module")
+def ociresolve_image(containerd: Containerd) -> str:
+    """The ociresolve image (python3 and grpcio), built or cached, in the session containerd."""
+    _require(image_build_requirements())
+    import_tarball(containerd.socket, build_ociresolve_image(), timeout=300)
+    return OCIRESOLVE_IMAGE
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ociresolve-dep-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def caller(
+    containerd: Containerd,
+    image: str,
+    name: str,
+    *,
+    path: str,
+    version: str,
+    start_ns: int,
+    period: float,
+    phase: float = 0.0,
+    calls: int = 1,
+) -> ContainerSpec:
+    return ContainerSpec(
+        name,
+        ["python3", "-c", CALLER],
+        image=image,
+        mounts=[containerd.socket_mount("/run/containerd")],
+        env={
+            "CRI_PATH": path,
+            "CRI_VERSION": version,
+            "SOCKET": IN_CONTAINER,
+            "START_NS": str(start_ns),
+            "PHASE": str(phase),
+            "PERIOD": str(period),
+            "CALLS": str(calls),
+        },
+    )
+
+
+def calls_of(pod: Pod, container: str) -> list[dict[str, object]]:
+    """The caller's JSON lines so far, from its CRI log (``<time> stdout F <text>``)."""
+    try:
+        text = pod.log_path(container).read_text()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in text.splitlines():
+        _, stream, tag, rest = line.split(" ", 3)
+        if stream == "stdout" and tag == "F" and rest.startswith("{"):
+            found.append(json.loads(rest))
+    return found
+
+
+def log_of(pod: Pod, container: str) -> str:
+    try:
+        return pod.log_path(container).read_text()
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def wait(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def ociresolve(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ociresolve", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+# -- a real v1alpha2 call, really traced -------------------------------------------------------
+
+
+@pytest.mark.bpf
+def test_a_real_v1alpha2_call_from_a_container_is_traced(
+    containerd: Containerd, pod_factory: PodFactory, ociresolve_image: str
+) -> None:
+    tracer = TracerProcess(
+        [
+            "--socket",
+            str(containerd.socket),
+            "--socket",
+            IN_CONTAINER,
+            "--runtime-root",
+            str(containerd.state_dir),
+            "--no-cri",
+            "--summary-interval",
+            "0",
+        ]
+    )
+    with tracer:
+        pod = pod_factory(
+            "cri-v1alpha2-client-x8m9",
+            [
+                caller(
+                    containerd,
+                    ociresolve_image,
+                    "client",
+                    path=V1ALPHA2_VERSION,
+                    version="v1alpha2",
+                    start_ns=time.time_ns(),
+                    period=1.0,
+                )
+            ],
+            namespace="legacy",
+        )
+        status = containerd.cri().wait_container_exit(pod.container_id("client"), timeout=60)
+        assert status.exit_code == 0, log_of(pod, "client")
+        (call,) = calls_of(pod, "client")
+        # containerd 1.6 answered on the v1alpha2 service, as v1alpha2.
+        assert (call["runtime"], call["api"]) == ("containerd", "v1alpha2"), call
+        line = tracer.wait_for(
+            lambda text: (
+                parse_logfmt(text).get("msg") == OPENED
+                and parse_logfmt(text).get("pod") == "legacy/cri-v1alpha2-client-x8m9"
+            )
+        )
+    row = parse_logfmt(line)
+    assert row["container"] == "client"
+    assert row["container_id"] == pod.container_id("client")[:12]
+    assert (row["family"], row["address"]) == ("unix", IN_CONTAINER)
+    assert row["source"] == "index"
+
+
+# -- the correlation, end to end ---------------------------------------------------------------
+
+CLIENT_POD = ("legacy", "cri-v1alpha2-client-7f9c")
+PERIOD = 2.0  # the client's; the reporter polls every 0.5 s
+CALLS = 12
+# Innocent v1 callers on other schedules: (namespace, name, period, phase), phases against the
+# client's first call. One calls 80 ms before every v1alpha2 call; another 50 ms after the
+# client's 9th call and 50 ms before its 11th; the others come within 150-250 ms now and then.
+INNOCENTS = (
+    ("shop", "web-5d8f9", 0.7, 0.35),
+    ("monitoring", "node-agent-q2x7", 1.3, 0.45),
+    ("ops", "operator-6c2d", 3.1, 1.25),
+    ("ops", "shadow-b4k1", PERIOD, -0.08),
+)
+
+
+@pytest.mark.bpf
+def test_the_client_of_v1alpha2_is_named_with_high_confidence(
+    containerd: Containerd,
+    pod_factory: PodFactory,
+    ociresolve_image: str,
+    socket_dir: Path,
+) -> None:
+    fake = FakeIntrospection(str(socket_dir / "containerd-1.7.sock"))
+    daemon = DaemonProcess(
+        socket_dir / "ociresolve.sock",
+        [
+            "--runtime-root",
+            str(containerd.state_dir),
+            "--cri-socket",
+            str(containerd.socket),
+            "--trace-connect",
+            "--trace-socket",
+            str(containerd.socket),
+            "--trace-socket",
+            IN_CONTAINER,
+            "--trace-summary-interval",
+            "0",
+            "--report-deprecations",
+            "--containerd-socket",
+            fake.socket,
+            "--deprecations-interval",
+            "0.5",
+        ],
+    )
+    with fake, daemon:
+        start_ns = time.time_ns() + 6 * 1_000_000_000  # time for the pods to start
+        namespace, name = CLIENT_POD
+        client = pod_factory(
+            name,
+            [
+                caller(
+                    containerd,
+                    ociresolve_image,
+                    "collector",
+                    path=V1ALPHA2_VERSION,
+                    version="v1alpha2",
+                    start_ns=start_ns,
+                    period=PERIOD,
+                    calls=CALLS,
+                )
+            ],
+            namespace=namespace,
+        )
+        innocents = [
+            pod_factory(
+                pod_name,
+                [
+                    caller(
+                        containerd,
+                        ociresolve_image,
+                        "app",
+                        path=V1_VERSION,
+                        version="v1",
+                        start_ns=start_ns,
+                        period=period,
+                        phase=phase,
+                        calls=int(CALLS * PERIOD / period) + 2,
+                    )
+                ],
+                namespace=pod_namespace,
+            )
+            for pod_namespace, pod_name, period, phase in INNOCENTS
+        ]
+        # containerd >= 1.7 would record each v1alpha2 call: the fake records the caller's
+        # time right after it, and keeps only the latest, as containerd does.
+        fed: list[int] = []
+        container_id = client.container_id("collector")
+        deadline = time.monotonic() + CALLS * PERIOD + 30
+        while len(fed) < CALLS:
+            for call in calls_of(client, "collector")[len(fed) :]:
+                assert call["api"] == "v1alpha2", call
+                after = call["after"]
+                assert isinstance(after, int)
+                fake.occur(V1ALPHA2, after)
+                fed.append(after)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the client made {len(fed)} calls:\n{log_of(client, 'collector')}")
+            status = containerd.cri().container_status(container_id, verbose=False).status
+            if status.exit_code != 0:
+                pytest.fail(f"the client failed:\n{log_of(client, 'collector')}")
+            time.sleep(0.05)
+
+        def reported() -> list[dict[str, str]]:
+            return [parse_logfmt(line) for line in list(daemon.lines)]
+
+        last = fed[-1]
+        wait(
+            lambda: (
+                any(
+                    r.get("msg") == OCCURRENCE and r.get("lastOccurrence", "") != ""
+                    for r in reported()
+                )
+                and len([r for r in reported() if r.get("msg") == OCCURRENCE]) >= CALLS
+            ),
+            "a line per occurrence",
+        )
+        result = ociresolve(
+            "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
+        )
+        table = ociresolve("deprecations", "--clients", "--daemon-socket", str(daemon.socket))
+        for pod in innocents:
+            for call in calls_of(pod, "app"):
+                assert call["api"] == "v1", (pod.name, call)
+    lines = [parse_logfmt(line) for line in daemon.lines]
+    occurrences = [r for r in lines if r.get("msg") == OCCURRENCE]
+    clients = [r for r in lines if r.get("msg") == CLIENT]
+    traced = [r for r in lines if r.get("msg") == OPENED]
+    print("\n".join(line for line in daemon.lines if OPENED not in line))
+    print(table.stdout)
+
+    assert len(occurrences) == CALLS, occurrences
+    assert all(r["deprecation"] == V1ALPHA2 and "existing" not in r for r in occurrences)
+    assert occurrences[-1]["lastOccurrence"].startswith(
+        time.strftime("%Y-%m-%dT%H:", time.gmtime(last / 1e9))
+    )
+    pods = {r.get("pod") for r in traced}
+    assert {f"{ns}/{name}" for ns, name, _, _ in INNOCENTS} <= pods, pods
+    assert "/".join(CLIENT_POD) in pods
+
+    # The lines: the client, after every occurrence, with a growing confidence.
+    client_lines = [r for r in clients if r.get("pod") == "/".join(CLIENT_POD)]
+    assert len(client_lines) == CALLS, clients
+    assert client_lines[-1]["container"] == "collector"
+    assert float(client_lines[-1]["confidence"]) >= 0.8, client_lines[-1]
+    assert client_lines[-1]["occurrences"] == str(CALLS)
+    others = [r for r in clients if r.get("pod") != "/".join(CLIENT_POD)]
+    assert all(float(r["confidence"]) < 0.3 for r in others), others
+
+    # The summary on demand: the client on top, the innocent ones low.
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    top, *rest = rows
+    assert (top["pod_namespace"], top["pod_name"], top["container"]) == (*CLIENT_POD, "collector")
+    assert top["deprecation"] == V1ALPHA2
+    assert top["confidence"] >= 0.8, rows
+    assert top["container_id"] == container_id
+    assert all(row["confidence"] < 0.3 for row in rest), rows
+    assert table.returncode == 0 and "/".join(CLIENT_POD) in table.stdout.splitlines()[1]
+
+
+# -- older runtime, runtime down ---------------------------------------------------------------
+
+
+def test_containerd_1_6_has_no_deprecation_warnings(containerd: Containerd, tmp_path: Path) -> None:
+    result = ociresolve("deprecations", "--containerd-socket", str(containerd.socket))
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("ociresolve: containerd 1.6.")
+    assert NEEDS_1_7 in line and str(containerd.socket) in line
+
+    missing = tmp_path / "gone" / "containerd.sock"
+    result = ociresolve("deprecations", "--containerd-socket", str(missing))
+    assert (result.returncode, result.stdout) == (2, ""), result
+    assert f"containerd {missing}: No such file or directory" in result.stderr
+
+
+def test_the_runtime_down(containerd: Containerd) -> None:
+    containerd.stop_daemon()
+    try:
+        result = ociresolve(
+            "deprecations", "--containerd-socket", str(containerd.socket), "--timeout", "1"
+        )
+    finally:
+        containerd.start()
+    assert (result.returncode, result.stdout) == (2, ""), result
+    assert str(containerd.socket) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_reports_deprecations_on_containerd_1_6(
+    containerd: Containerd, pod_factory: PodFactory, socket_dir: Path
+) -> None:
+    """The daemon keeps serving lookups and says once that the runtime is too old."""
+    daemon = DaemonProcess(
+        socket_dir / "ociresolve.sock",
+        [
+            "--runtime-root",
+            str(containerd.state_dir),
+            "--cri-socket",
+            str(containerd.socket),
+            "--report-deprecations",
+            "--containerd-socket",
+            str(containerd.socket),
+            "--deprecations-interval",
+            "0.2",
+        ],
+    )
+    with daemon:
+        warning = daemon.wait_for_log(lambda record: record.get("msg") == RETRYING)
+        assert warning["level"] == "warning"
+        assert NEEDS_1_7 in warning["error"] and warning["socket"] == str(containerd.socket)
+        pod = pod_factory("web-3k9d", namespace="shop")
+        pid = containerd.cri().container_pid(pod.container_id("main"))
+        with DaemonClient(str(daemon.socket)) as client:
+            wait(lambda: client.lookup_pid(pid).status == "found", "the daemon to find the pod")
+            time.sleep(1.6)  # polls at 0, 0.2, 0.6, 1.4 s: one warning for all
+            assert client.lookup_pid(pid).status == "found"
+            reply = client.deprecated_api_clients()
+            assert reply.reporting and not reply.correlating and not reply.clients
+    retries = [r for r in daemon.logs if r.get("msg") == RETRYING]
+    assert len(retries) == 1, daemon.logs
+    assert not [r for r in daemon.logs if r.get("level") in ("error", "raw")], daemon.logs
+    assert daemon.lines == []

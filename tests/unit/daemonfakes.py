@@ -1,0 +1,195 @@
+"""Helpers of the daemon tests: a fake node with a few containers, an API server over it on a
+short unix socket path, and raw HTTP/2 bytes for clients that misbehave on the wire."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from fakehost import (
+    CONTAINERD_ROOT,
+    CRIO_ROOT,
+    FakeHost,
+    Pod,
+    containerd_cgroup_file,
+    containerd_spec,
+    crio_cgroup_file,
+    crio_spec,
+    host_cgroup_file,
+    new_id,
+)
+
+from ociresolve import Resolver
+from ociresolve.daemon.server import ApiServer
+
+APP_PID, CRIO_PID, HOST_PID, FOREIGN_PID, MISSING_PID = 4242, 5151, 1, 6161, 999_999
+# sockaddr_un.sun_path is 108 bytes.
+_SOCKET_PATH_MAX: Final = 100
+
+
+@dataclass
+class Node:
+    """A fake host: a pod on containerd (sandbox + app, with a cgroup v2 directory), a cri-o
+    container, a host process and a process of a container no runtime root knows."""
+
+    host: FakeHost
+    pod: Pod
+    app: str
+    crio: str
+    foreign: str
+    app_cgroup_id: int
+
+    @property
+    def roots(self) -> list[str]:
+        return [CONTAINERD_ROOT, CRIO_ROOT]
+
+    def resolver(self, **options: object) -> Resolver:
+        return Resolver(
+            host_root=str(self.host.root),
+            runtime_roots=self.roots,
+            cri=False,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def node_args(self) -> list[str]:
+        """The node options of ``lookup``, ``list`` and ``serve``."""
+        args = ["--host-root", str(self.host.root)]
+        for root in self.roots:
+            args += ["--runtime-root", root]
+        return args
+
+
+def make_node(host: FakeHost) -> Node:
+    pod = Pod.new()
+    app, crio, foreign = new_id(), new_id(), new_id()
+    host.enable_cgroup2()
+    app_spec = containerd_spec(app, pod)
+    app_cgroup_id = host.make_cgroup(app_spec["linux"]["cgroupsPath"])
+    host.make_roots()
+    host.write(
+        host.containerd_bundle(pod.sandbox_id), containerd_spec(pod.sandbox_id, pod, name=None)
+    )
+    host.write(host.containerd_bundle(app), app_spec)
+    host.write(host.crio_bundle(crio), crio_spec(crio, Pod.new("dns", "kube-system")))
+    host.write_pid(host.containerd_bundle(app), APP_PID)
+    host.set_proc_cgroup(APP_PID, containerd_cgroup_file(app, pod.uid))
+    host.set_proc_cgroup(CRIO_PID, crio_cgroup_file(crio, new_id()[:32]))
+    host.set_proc_cgroup(HOST_PID, host_cgroup_file())
+    host.set_proc_cgroup(FOREIGN_PID, containerd_cgroup_file(foreign, pod.uid))
+    return Node(host, pod, app, crio, foreign, app_cgroup_id)
+
+
+@contextlib.contextmanager
+def socket_dir(preferred: Path) -> Iterator[Path]:
+    """``preferred``, or a short directory of its own when a socket path in it would be too
+    long for ``sockaddr_un``."""
+    if len(str(preferred / "ociresolve.sock")) <= _SOCKET_PATH_MAX:
+        yield preferred
+        return
+    directory = Path(tempfile.mkdtemp(prefix="ocr-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(resolver: Resolver, path: Path, **options: object) -> Iterator[ApiServer]:
+    server = ApiServer(resolver, str(path), **options)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(0.2)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def unix_connect(path: Path | str, timeout: float = 2.0) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    client.connect(str(path))
+    return client
+
+
+def closed_by_peer(client: socket.socket, within: float) -> bool:
+    """Whether the other end closes ``client`` within ``within`` seconds (what it sends is
+    read and dropped)."""
+    client.settimeout(within)
+    try:
+        while client.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+# -- raw HTTP/2 ----------------------------------------------------------------------------------
+
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
+ACK, END_STREAM, END_HEADERS = 0x1, 0x1, 0x4
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream)
+        + payload
+    )
+
+
+def _hpack_string(text: str) -> bytes:
+    data = text.encode()
+    assert len(data) < 127
+    return bytes([len(data)]) + data
+
+
+def hpack(headers: Sequence[tuple[str, str]]) -> bytes:
+    """Literal header fields without indexing, no Huffman coding (RFC 7541 6.2.2)."""
+    return b"".join(b"\x00" + _hpack_string(k) + _hpack_string(v) for k, v in headers)
+
+
+def grpc_headers(method: str = "/ociresolve.v1.Resolver/Lookup") -> bytes:
+    return hpack(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", method),
+            (":authority", "localhost"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+
+
+def open_streams(path: Path | str, count: int, first: int = 1) -> socket.socket:
+    """A connection with ``count`` Lookup calls whose request never comes: the headers of each
+    stream, then nothing (no DATA, no END_STREAM)."""
+    client = unix_connect(path)
+    payload = PREFACE + frame(SETTINGS, 0, 0) + frame(SETTINGS, ACK, 0)  # as a real client does
+    headers = grpc_headers()
+    for n in range(count):
+        payload += frame(HEADERS, END_HEADERS, first + 2 * n, headers)
+    client.sendall(payload)
+    return client
+
+
+def random_bytes(size: int) -> bytes:
+    return os.urandom(size)
