@@ -47,6 +47,7 @@ bench: venv
 	$(PY) bench/parsers.py
 	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/index.py && $(PY) bench/cri.py && $(PY) bench/tracer.py; \
 	else echo "not root: skipping bench/index.py, cri.py and tracer.py (containerd, BPF)"; fi
+	$(PY) bench/daemon.py
 
 proto: venv
 	PYTHON=$(PY) scripts/gen-proto

@@ -109,6 +109,8 @@ class ConnectTracer:
             exclude_comms=excluded,
             include_comms=list(args.include_comms),
         )
+        daemon_socket = getattr(args, "daemon_socket", None)
+        cri = "off" if args.no_cri else (args.cri_socket or "auto")
         output_type = JsonOutput if args.output == "json" else LogfmtOutput
         self.output: Output = output_type(sys.stdout if stream is None else stream, node_name())
         self.settings: list[Setting] = [
@@ -118,7 +120,8 @@ class ConnectTracer:
             ("exclude_comms", excluded or None),
             ("include_comms", list(args.include_comms) or None),
             ("runtime_roots", args.runtime_roots),
-            ("cri", "off" if args.no_cri else (args.cri_socket or "auto")),
+            ("daemon_socket", daemon_socket),
+            ("cri", "daemon" if daemon_socket else cri),
             ("dedup", args.dedup),
             ("summary_interval", args.summary_interval),
         ]

@@ -154,6 +154,11 @@ class DaemonClient:
                         ("grpc.max_receive_message_length", _MAX_MESSAGE),
                         ("grpc.enable_retries", 0),
                         ("grpc.keepalive_time_ms", 30_000),
+                        # A restarted daemon is found within a second, however long it was
+                        # gone (gRPC's own backoff grows to two minutes).
+                        ("grpc.initial_reconnect_backoff_ms", 100),
+                        ("grpc.min_reconnect_backoff_ms", 100),
+                        ("grpc.max_reconnect_backoff_ms", 1000),
                     ],
                 )
                 self._stub = api_pb2_grpc.ResolverStub(self._channel)

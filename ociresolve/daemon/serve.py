@@ -74,6 +74,7 @@ class Daemon:
         )
         self.tracer: ConnectTracer | None = None
         self.reporter: Reporter | None = None
+        self._proc = self.resolver.paths.host("/proc")
         self._threads: list[threading.Thread] = []
         self._tracer_stop = threading.Event()
 
@@ -170,6 +171,7 @@ class Daemon:
             stream=sys.stdout,
             interval=self.args.deprecations_interval,
             correlator=Correlator() if self.tracer is not None else None,
+            output="json" if self.args.output == "json" else "logfmt",  # as the tracer's
         )
 
     def _run_tracer(self) -> None:
@@ -196,13 +198,22 @@ class Daemon:
             Connection(
                 connect_ns=tracer.wall_ns(event),
                 pid=event.tgid,
-                comm=event.comm,
+                comm=self._process_name(event.tgid) or event.comm,
                 pod_namespace=meta.pod_namespace if meta is not None else None,
                 pod_name=meta.pod_name if meta is not None else None,
                 container=meta.container_name if meta is not None else None,
                 container_id=who.container_id,
             )
         )
+
+    def _process_name(self, pid: int) -> str | None:
+        """The process's name: the event's ``comm`` is its calling thread's, and gRPC's C core
+        connects from a thread of its own (``event_engine``, whatever the program)."""
+        try:
+            with open(f"{self._proc}/{pid}/comm", "rb") as file:
+                return file.read(64).decode(errors="replace").rstrip("\n") or None
+        except OSError:
+            return None  # exited already: the thread's name will do
 
     def _run_reporter(self, stop: threading.Event) -> None:
         reporter = self.reporter

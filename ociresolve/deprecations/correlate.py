@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 import msgspec
 
@@ -419,6 +419,26 @@ def _key(identity: Identity) -> tuple[str, str, str, str]:
     )
 
 
+# The fields of a line, in order; ``None`` values are left out.
+Fields = tuple[tuple[str, object], ...]
+Format = Literal["logfmt", "json"]
+
+
+def render(fields: Fields, output: Format = "logfmt") -> str:
+    """One line: logfmt (``true``, a confidence with two decimals) or a JSON object."""
+    if output == "json":
+        return msgspec.json.encode({k: v for k, v in fields if v is not None}).decode()
+    return logfmt.line((key, _text(value)) for key, value in fields)
+
+
+def _text(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return value
+
+
 # -- log lines ---------------------------------------------------------------------------------
 
 
@@ -430,6 +450,25 @@ def occurrence_line(
     last_occurrence_ns: int | None,
     existing: bool = False,
 ) -> str:
+    return render(
+        occurrence_fields(
+            time_ns=time_ns,
+            node=node,
+            deprecation=deprecation,
+            last_occurrence_ns=last_occurrence_ns,
+            existing=existing,
+        )
+    )
+
+
+def occurrence_fields(
+    *,
+    time_ns: int,
+    node: str,
+    deprecation: str,
+    last_occurrence_ns: int | None,
+    existing: bool = False,
+) -> Fields:
     """The logfmt line of a new occurrence, the original reporter's fields first::
 
         time=... level=info msg="found CRI v1alpha2 API deprecation warning" node=vm
@@ -440,23 +479,25 @@ def occurrence_line(
     other id. ``existing=true`` marks a warning that was already there when polling started
     (its occurrence may predate the tracer).
     """
-    return logfmt.line(
+    return (
+        ("time", rfc3339_milli(time_ns)),
+        ("level", "info"),
+        ("msg", V1ALPHA2_MSG if deprecation == V1ALPHA2 else OCCURRENCE_MSG),
+        ("node", node),
+        ("deprecation", deprecation),
         (
-            ("time", rfc3339_milli(time_ns)),
-            ("level", "info"),
-            ("msg", V1ALPHA2_MSG if deprecation == V1ALPHA2 else OCCURRENCE_MSG),
-            ("node", node),
-            ("deprecation", deprecation),
-            (
-                "lastOccurrence",
-                None if last_occurrence_ns is None else rfc3339_nano(last_occurrence_ns),
-            ),
-            ("existing", "true" if existing else None),
-        )
+            "lastOccurrence",
+            None if last_occurrence_ns is None else rfc3339_nano(last_occurrence_ns),
+        ),
+        ("existing", True if existing else None),
     )
 
 
 def client_line(attribution: Attribution, *, time_ns: int, node: str) -> str:
+    return render(client_fields(attribution, time_ns=time_ns, node=node))
+
+
+def client_fields(attribution: Attribution, *, time_ns: int, node: str) -> Fields:
     """The logfmt line of one attributed client::
 
         time=... level=info msg="deprecated API client" node=vm
@@ -466,19 +507,17 @@ def client_line(attribution: Attribution, *, time_ns: int, node: str) -> str:
     ``pod`` and ``container`` are left out for a host process; ``confidence`` has two decimals.
     """
     identity = attribution.identity
-    return logfmt.line(
-        (
-            ("time", rfc3339_milli(time_ns)),
-            ("level", "info"),
-            ("msg", CLIENT_MSG),
-            ("node", node),
-            ("deprecation", attribution.deprecation),
-            ("pod", identity.pod),
-            ("container", identity.container),
-            ("comm", identity.comm),
-            ("confidence", f"{attribution.confidence:.2f}"),
-            ("occurrences", attribution.occurrences),
-        )
+    return (
+        ("time", rfc3339_milli(time_ns)),
+        ("level", "info"),
+        ("msg", CLIENT_MSG),
+        ("node", node),
+        ("deprecation", attribution.deprecation),
+        ("pod", identity.pod),
+        ("container", identity.container),
+        ("comm", identity.comm),
+        ("confidence", round(attribution.confidence, 2)),
+        ("occurrences", attribution.occurrences),
     )
 
 

@@ -2,7 +2,7 @@
 when the connect tracer feeds it the connections to the containerd socket, one line per client
 that the occurrence is attributed to, with its confidence so far.
 
-The lines (logfmt, on the reporter's stream)::
+The lines (logfmt, or JSON objects with the same fields, on the reporter's stream)::
 
     msg="found CRI v1alpha2 API deprecation warning" node=... deprecation=... lastOccurrence=...
     msg="deprecated API client" node=... deprecation=... pod=<ns>/<pod> container=... comm=...
@@ -24,8 +24,10 @@ from ociresolve.deprecations.correlate import (
     Attribution,
     Connection,
     Correlator,
-    client_line,
-    occurrence_line,
+    Format,
+    client_fields,
+    occurrence_fields,
+    render,
 )
 from ociresolve.deprecations.poller import DEFAULT_INTERVAL, Occurrence, Poller, Source
 
@@ -51,6 +53,7 @@ class Reporter:
         interval: float = DEFAULT_INTERVAL,
         correlator: Correlator | None = None,
         clock: Callable[[], int] = time.time_ns,
+        output: Format = "logfmt",
     ) -> None:
         self.source = source
         self.node = node
@@ -58,6 +61,7 @@ class Reporter:
         self.interval = interval
         self.correlator = correlator
         self.clock = clock
+        self.output = output
         self.occurrences = 0
         self._lock = threading.Lock()
 
@@ -88,7 +92,7 @@ class Reporter:
         self.occurrences += 1
         now = self.clock()
         lines = [
-            occurrence_line(
+            occurrence_fields(
                 time_ns=now,
                 node=self.node,
                 deprecation=warning.id,
@@ -107,6 +111,6 @@ class Reporter:
             for candidate in evidence.candidates:
                 standing = standings.get(candidate.identity)
                 if candidate.share >= MIN_SHARE and standing is not None:
-                    lines.append(client_line(standing, time_ns=now, node=self.node))
-        self.stream.write("".join(line + "\n" for line in lines))
+                    lines.append(client_fields(standing, time_ns=now, node=self.node))
+        self.stream.write("".join(render(line, self.output) + "\n" for line in lines))
         self.stream.flush()
