@@ -104,12 +104,14 @@ class HostPaths:
         path = os.path.normpath(os.path.join(mount, relative))
         return path if path.startswith(mount + os.sep) else None
 
-    def cri_socket(self, explicit: str | None = None) -> str | None:
-        """The CRI socket to use: ``explicit`` (a host path) if given, else the first default
-        that is a socket now; ``None`` when there is none."""
+    def cri_socket(
+        self, explicit: str | None = None, candidates: Sequence[str] = DEFAULT_CRI_SOCKETS
+    ) -> str | None:
+        """The socket to use: ``explicit`` (a host path) if given, else the first of
+        ``candidates`` (host paths) that is a socket now; ``None`` when there is none."""
         if explicit:
             return self.host(explicit)
-        for candidate in map(self.host, DEFAULT_CRI_SOCKETS):
+        for candidate in map(self.host, candidates):
             try:
                 if stat.S_ISSOCK(os.stat(candidate).st_mode):
                     return candidate

@@ -10,6 +10,7 @@ Only argparse here: ``ociresolve/cli.py`` adds these without importing grpc or B
 from __future__ import annotations
 
 import argparse
+import functools
 import grp
 import os
 import pwd
@@ -154,8 +155,7 @@ class _ReplaceAppend(argparse.Action):
 
 
 def _add_api_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    def default(name: str, fallback: str | None = None) -> str | None:
-        return _default(env, name, fallback)
+    default = functools.partial(_default, env)
 
     api = parser.add_argument_group("the API")
     api.add_argument(
@@ -181,8 +181,7 @@ def _add_api_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
 
 
 def _add_node_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    def default(name: str, fallback: str | None = None) -> str | None:
-        return _default(env, name, fallback)
+    default = functools.partial(_default, env)
 
     node = parser.add_argument_group("the node")
     node.add_argument(
@@ -229,8 +228,7 @@ def _add_node_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
 def _add_operations_arguments(
     parser: argparse.ArgumentParser, env: Mapping[str, str], *, metrics: bool
 ) -> None:
-    def default(name: str, fallback: str | None = None) -> str | None:
-        return _default(env, name, fallback)
+    default = functools.partial(_default, env)
 
     ops = parser.add_argument_group("operations")
     if metrics:
@@ -260,8 +258,7 @@ def _add_operations_arguments(
 def _add_reporter_arguments(
     parser: argparse.ArgumentParser, env: Mapping[str, str], *, always: bool
 ) -> None:
-    def default(name: str, fallback: str | None = None) -> str | None:
-        return _default(env, name, fallback)
+    default = functools.partial(_default, env)
 
     report = parser.add_argument_group(
         "the deprecation reporter",

@@ -70,15 +70,7 @@ class Deprecation(msgspec.Struct, frozen=True, kw_only=True):
 def containerd_socket(paths: HostPaths, explicit: str | None = None) -> str | None:
     """The containerd socket to ask, as seen from here: ``explicit`` (a host path) if given,
     else the first of containerd's default sockets that is a socket now; ``None`` if none is."""
-    if explicit:
-        return paths.host(explicit)
-    for candidate in map(paths.host, CONTAINERD_SOCKETS):
-        try:
-            if stat.S_ISSOCK(os.stat(candidate).st_mode):
-                return candidate
-        except OSError:
-            continue
-    return None
+    return paths.cri_socket(explicit, CONTAINERD_SOCKETS)
 
 
 def parse_version(version: str) -> tuple[int, int] | None:
