@@ -64,22 +64,11 @@ dropped first, with their scores).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Final, Literal, NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 
-from ociresolve.deprecations.client import V1ALPHA2
-from ociresolve.deprecations.timefmt import rfc3339_milli, rfc3339_nano
-from tracer import logfmt
-
 _NS: Final = 1_000_000_000
-
-OCCURRENCE_MSG: Final = "found deprecation warning"
-# The original reporter's words for the CRI v1alpha2 warning, kept so that its readers still
-# match; every other id gets OCCURRENCE_MSG. Both lines carry deprecation=<id>.
-V1ALPHA2_MSG: Final = "found CRI v1alpha2 API deprecation warning"
-CLIENT_MSG: Final = "deprecated API client"
 
 
 class Identity(NamedTuple):
@@ -417,116 +406,3 @@ def _key(identity: Identity) -> tuple[str, str, str, str]:
         identity.container or "",
         identity.comm,
     )
-
-
-# The fields of a line, in order; ``None`` values are left out.
-Fields = tuple[tuple[str, object], ...]
-Format = Literal["logfmt", "json"]
-
-
-def render(fields: Fields, output: Format = "logfmt") -> str:
-    """One line: logfmt (``true``, a confidence with two decimals) or a JSON object."""
-    if output == "json":
-        return msgspec.json.encode({k: v for k, v in fields if v is not None}).decode()
-    return logfmt.line((key, _text(value)) for key, value in fields)
-
-
-def _text(value: object) -> object:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return value
-
-
-# -- log lines ---------------------------------------------------------------------------------
-
-
-def occurrence_line(
-    *,
-    time_ns: int,
-    node: str,
-    deprecation: str,
-    last_occurrence_ns: int | None,
-    existing: bool = False,
-) -> str:
-    return render(
-        occurrence_fields(
-            time_ns=time_ns,
-            node=node,
-            deprecation=deprecation,
-            last_occurrence_ns=last_occurrence_ns,
-            existing=existing,
-        )
-    )
-
-
-def occurrence_fields(
-    *,
-    time_ns: int,
-    node: str,
-    deprecation: str,
-    last_occurrence_ns: int | None,
-    existing: bool = False,
-) -> Fields:
-    """The logfmt line of a new occurrence, the original reporter's fields first::
-
-        time=... level=info msg="found CRI v1alpha2 API deprecation warning" node=vm
-            deprecation=io.containerd.deprecation/cri-api-v1alpha2
-            lastOccurrence=2025-06-16T18:21:30.959558222Z
-
-    ``msg`` is the original's for the CRI v1alpha2 id, ``found deprecation warning`` for every
-    other id. ``existing=true`` marks a warning that was already there when polling started
-    (its occurrence may predate the tracer).
-    """
-    return (
-        ("time", rfc3339_milli(time_ns)),
-        ("level", "info"),
-        ("msg", V1ALPHA2_MSG if deprecation == V1ALPHA2 else OCCURRENCE_MSG),
-        ("node", node),
-        ("deprecation", deprecation),
-        (
-            "lastOccurrence",
-            None if last_occurrence_ns is None else rfc3339_nano(last_occurrence_ns),
-        ),
-        ("existing", True if existing else None),
-    )
-
-
-def client_line(attribution: Attribution, *, time_ns: int, node: str) -> str:
-    return render(client_fields(attribution, time_ns=time_ns, node=node))
-
-
-def client_fields(attribution: Attribution, *, time_ns: int, node: str) -> Fields:
-    """The logfmt line of one attributed client::
-
-        time=... level=info msg="deprecated API client" node=vm
-            deprecation=io.containerd.deprecation/cri-api-v1alpha2 pod=shop/checkout-7d4b9c
-            container=legacy comm=crictl confidence=0.91 occurrences=10
-
-    ``pod`` and ``container`` are left out for a host process; ``confidence`` has two decimals.
-    """
-    identity = attribution.identity
-    return (
-        ("time", rfc3339_milli(time_ns)),
-        ("level", "info"),
-        ("msg", CLIENT_MSG),
-        ("node", node),
-        ("deprecation", attribution.deprecation),
-        ("pod", identity.pod),
-        ("container", identity.container),
-        ("comm", identity.comm),
-        ("confidence", round(attribution.confidence, 2)),
-        ("occurrences", attribution.occurrences),
-    )
-
-
-def client_lines(
-    attributions: Iterable[Attribution], *, time_ns: int, node: str, minimum: float = 0.0
-) -> list[str]:
-    """``client_line`` of each attribution whose confidence is at least ``minimum``."""
-    return [
-        client_line(row, time_ns=time_ns, node=node)
-        for row in attributions
-        if row.confidence >= minimum
-    ]

@@ -20,15 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Final, TextIO
 
-from ociresolve.deprecations.correlate import (
-    Attribution,
-    Connection,
-    Correlator,
-    Format,
-    client_fields,
-    occurrence_fields,
-    render,
-)
+from ociresolve.deprecations.correlate import Attribution, Connection, Correlator
+from ociresolve.deprecations.lines import Format, client_fields, occurrence_fields, render
 from ociresolve.deprecations.poller import DEFAULT_INTERVAL, Occurrence, Poller, Source
 
 log = logging.getLogger(__name__)

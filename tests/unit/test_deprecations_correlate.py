@@ -18,9 +18,8 @@ from ociresolve.deprecations.correlate import (
     Correlator,
     Identity,
     Settings,
-    client_line,
-    occurrence_line,
 )
+from ociresolve.deprecations.lines import client_line, occurrence_line
 from tracer import logfmt
 
 MS = 1_000_000

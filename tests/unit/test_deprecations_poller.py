@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ociresolve.deprecations import Deprecation, IntrospectionClient
-from ociresolve.deprecations.correlate import Connection, Correlator, client_lines
+from ociresolve.deprecations.correlate import Connection, Correlator
 from ociresolve.deprecations.errors import IntrospectionError, RuntimeUnreachable, ServiceMissing
+from ociresolve.deprecations.lines import client_lines
 from ociresolve.deprecations.poller import Occurrence, Poller
 
 S = 1_000_000_000

@@ -20,13 +20,8 @@ from ociresolve import Resolver
 from ociresolve.daemon.client import DaemonClient
 from ociresolve.daemon.server import ApiServer
 from ociresolve.deprecations import Deprecation
-from ociresolve.deprecations.correlate import (
-    CLIENT_MSG,
-    OCCURRENCE_MSG,
-    V1ALPHA2_MSG,
-    Connection,
-    Correlator,
-)
+from ociresolve.deprecations.correlate import Connection, Correlator
+from ociresolve.deprecations.lines import CLIENT_MSG, OCCURRENCE_MSG, V1ALPHA2_MSG
 from ociresolve.deprecations.poller import Occurrence
 from ociresolve.deprecations.reporter import Reporter
 
