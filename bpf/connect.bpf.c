@@ -23,6 +23,12 @@
  * perf buffer for kernels before 5.8. stats[OCI_STAT_LOST] counts events dropped because the
  * buffer was full; stats[OCI_STAT_MATCHED] counts events that passed the filters.
  *
+ * Lifetimes (compiled in with -DOCI_LIFETIMES): the fd of each reported connect is followed.
+ * sys_exit_connect keeps it in open_fds when the connect succeeded (or is in progress), else
+ * reports OCI_EV_FAILED; sys_enter_close of a kept fd reports OCI_EV_CLOSE; the exit of a
+ * process holding kept fds reports OCI_EV_EXIT (the kernel closes them without close()). Every
+ * close() on the host then costs a hash lookup: only the deprecation reporter asks for it.
+ *
  * tracer/_wire.py mirrors struct oci_connect_event and the constants: change both together.
  */
 
@@ -36,6 +42,14 @@
 
 #define OCI_STAT_MATCHED 0
 #define OCI_STAT_LOST 1
+
+/* struct oci_connect_event.kind */
+#define OCI_EV_CONNECT 0
+#define OCI_EV_FAILED 1
+#define OCI_EV_CLOSE 2
+#define OCI_EV_EXIT 3
+
+#define OCI_EINPROGRESS 115
 
 #define OCI_UNIX_PATH_MAX 108
 #define OCI_SOCKADDR_MAX (2 + OCI_UNIX_PATH_MAX)
@@ -55,12 +69,13 @@ struct oci_connect_event {
     u16 family;
     u16 port;    /* host byte order; 0 for unix sockets */
     u16 addrlen; /* bytes of addr used */
-    u16 reserved;
+    u16 kind;    /* OCI_EV_*: a connect, or (with lifetimes) what became of one */
     char comm[OCI_COMM_LEN];
     /* The sockaddr after its family, zero padded: unix, sun_path as passed; inet, the port
      * (network order) then the 4-byte address; inet6, the port, the flow info, then the
      * 16-byte address. */
     u8 addr[OCI_UNIX_PATH_MAX];
+    s32 fd; /* the connecting socket; for OCI_EV_EXIT, -1 */
 };
 
 struct oci_config {
@@ -86,6 +101,16 @@ BPF_HASH(ports, u16, u8, 64);
 BPF_HASH(deny_comms, struct oci_comm_key, u8, 64);
 BPF_HASH(allow_comms, struct oci_comm_key, u8, 64);
 BPF_PERCPU_ARRAY(stats, u64, 2);
+
+#ifdef OCI_LIFETIMES
+struct oci_fd_key {
+    u32 tgid;
+    s32 fd;
+};
+BPF_HASH(pending, u64, s32, 10240);                                /* thread -> fd, in connect() */
+BPF_TABLE("lru_hash", struct oci_fd_key, u8, open_fds, 65536);     /* reported, still open */
+BPF_TABLE("lru_hash", u32, u32, open_per_process, 16384);          /* tgid -> open fds kept */
+#endif
 
 #ifdef OCI_PERF_BUFFER
 BPF_PERF_OUTPUT(events);
@@ -162,7 +187,7 @@ static __always_inline bool oci_comm_wanted(const struct oci_config *cfg,
 
 static __always_inline void oci_fill(struct oci_connect_event *e, u16 family, u16 port,
                                      int addrlen, const struct oci_unix_key *key,
-                                     const struct oci_comm_key *comm)
+                                     const struct oci_comm_key *comm, int fd)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     e->time_ns = bpf_ktime_get_ns();
@@ -172,9 +197,10 @@ static __always_inline void oci_fill(struct oci_connect_event *e, u16 family, u1
     e->family = family;
     e->port = port;
     e->addrlen = addrlen;
-    e->reserved = 0;
+    e->kind = OCI_EV_CONNECT;
     __builtin_memcpy(e->comm, comm->comm, OCI_COMM_LEN);
     __builtin_memcpy(e->addr, key->path, OCI_UNIX_PATH_MAX);
+    e->fd = fd;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_connect)
@@ -208,7 +234,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
     struct oci_connect_event *e = scratch.lookup(&zero);
     if (!e)
         return 0;
-    oci_fill(e, family, port, len, &key, &comm);
+    oci_fill(e, family, port, len, &key, &comm, args->fd);
     if (events.perf_submit(args, e, sizeof(*e)) != 0)
         oci_count(OCI_STAT_LOST);
 #else
@@ -217,7 +243,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         oci_count(OCI_STAT_LOST);
         return 0;
     }
-    oci_fill(e, family, port, len, &key, &comm);
+    oci_fill(e, family, port, len, &key, &comm, args->fd);
     /* BCC 0.26 cannot call bpf_ringbuf_query() on a ring buffer map, so the backlog is
      * bounded by counting: each CPU forces a wakeup every wakeup_every-th event. */
     u32 every = cfg->wakeup_every;
@@ -226,5 +252,89 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
         flags = BPF_RB_FORCE_WAKEUP;
     events.ringbuf_submit(e, flags);
 #endif
+#ifdef OCI_LIFETIMES
+    u64 id = bpf_get_current_pid_tgid();
+    s32 fd = args->fd;
+    pending.update(&id, &fd);
+#endif
     return 0;
 }
+
+#ifdef OCI_LIFETIMES
+/* A lifetime event: only its time, process, kind and fd mean anything. */
+static __always_inline void oci_lifetime(void *ctx, u16 kind, u32 tgid, s32 fd)
+{
+#ifdef OCI_PERF_BUFFER
+    u32 zero = 0;
+    struct oci_connect_event *e = scratch.lookup(&zero);
+#else
+    struct oci_connect_event *e = events.ringbuf_reserve(sizeof(struct oci_connect_event));
+#endif
+    if (!e) {
+        oci_count(OCI_STAT_LOST);
+        return;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->time_ns = bpf_ktime_get_ns();
+    e->tgid = tgid;
+    e->tid = (u32)bpf_get_current_pid_tgid();
+    e->kind = kind;
+    e->fd = fd;
+#ifdef OCI_PERF_BUFFER
+    if (events.perf_submit(ctx, e, sizeof(*e)) != 0)
+        oci_count(OCI_STAT_LOST);
+#else
+    events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+#endif
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    s32 *pending_fd = pending.lookup(&id);
+    if (!pending_fd)
+        return 0;
+    struct oci_fd_key key = {.tgid = id >> 32, .fd = *pending_fd};
+    pending.delete(&id);
+    long ret = args->ret;
+    if (ret == 0 || ret == -OCI_EINPROGRESS) {
+        u8 one = 1;
+        open_fds.update(&key, &one);
+        u32 zero = 0;
+        u32 *count = open_per_process.lookup_or_try_init(&key.tgid, &zero);
+        if (count)
+            __sync_fetch_and_add(count, 1);
+    } else {
+        oci_lifetime(args, OCI_EV_FAILED, key.tgid, key.fd);
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_close)
+{
+    struct oci_fd_key key = {.tgid = bpf_get_current_pid_tgid() >> 32, .fd = args->fd};
+    if (!open_fds.lookup(&key))
+        return 0;
+    open_fds.delete(&key);
+    u32 *count = open_per_process.lookup(&key.tgid);
+    if (count && *count > 0)
+        __sync_fetch_and_add(count, -1);
+    oci_lifetime(args, OCI_EV_CLOSE, key.tgid, key.fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tgid = id >> 32;
+    if ((u32)id != tgid)
+        return 0; /* a thread, not the process */
+    if (!open_per_process.lookup(&tgid))
+        return 0;
+    open_per_process.delete(&tgid);
+    /* Its kept fds stay in open_fds (an LRU map): user space forgets the process's
+     * connections, and a later process with the same tgid overwrites what it reuses. */
+    oci_lifetime(args, OCI_EV_EXIT, tgid, -1);
+    return 0;
+}
+#endif

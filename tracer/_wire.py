@@ -11,7 +11,7 @@ import socket
 import struct
 from collections.abc import Callable
 
-from .events import ConnectEvent, Family
+from .events import ConnectEvent, Family, Kind
 
 AF_UNIX = 1
 AF_INET = 2
@@ -23,6 +23,9 @@ F_ALLOW_COMMS = 4
 
 STAT_MATCHED = 0
 STAT_LOST = 1
+
+EV_CONNECT = 0
+KINDS: tuple[Kind, ...] = ("connect", "failed", "close", "exit")  # by OCI_EV_* number
 
 UNIX_PATH_MAX = 108
 COMM_LEN = 16
@@ -49,9 +52,10 @@ class RawEvent(ctypes.Structure):
         ("family", ctypes.c_uint16),
         ("port", ctypes.c_uint16),
         ("addrlen", ctypes.c_uint16),
-        ("reserved", ctypes.c_uint16),
+        ("kind", ctypes.c_uint16),
         ("comm", ctypes.c_char * COMM_LEN),  # c_char arrays read back up to the first NUL
         ("addr", ctypes.c_uint8 * UNIX_PATH_MAX),
+        ("fd", ctypes.c_int32),
     )
 
 
@@ -145,6 +149,9 @@ def decoder(sink: Callable[[ConnectEvent], object]) -> Callable[[object, int, in
 
     def callback(_ctx: object, data: int, _size: int) -> int:
         raw = from_address(data)
+        if raw.kind != EV_CONNECT:
+            sink(_lifetime(raw.time_ns, raw.tgid, raw.tid, raw.kind, raw.fd))
+            return 0
         family = raw.family
         key = (family, string_at(data + base, raw.addrlen))
         address = addresses.get(key)
@@ -165,7 +172,18 @@ def decoder(sink: Callable[[ConnectEvent], object]) -> Callable[[object, int, in
         sink(
             new_event(
                 ConnectEvent,
-                (raw.time_ns, raw.tgid, raw.tid, raw.cgroup_id, comm, name, address, port),
+                (
+                    raw.time_ns,
+                    raw.tgid,
+                    raw.tid,
+                    raw.cgroup_id,
+                    comm,
+                    name,
+                    address,
+                    port,
+                    raw.fd,
+                    "connect",
+                ),
             )
         )
         return 0
@@ -175,7 +193,7 @@ def decoder(sink: Callable[[ConnectEvent], object]) -> Callable[[object, int, in
 
 # One ring buffer record: the 8-byte header (length, page offset), struct oci_connect_event,
 # padding to 8 bytes.
-_RECORD = struct.Struct("<I4xQQIIHHH2x16s108s4x")
+_RECORD = struct.Struct("<I4xQQIIHHHH16s108si")
 EVENT_SIZE = 160
 assert _RECORD.size == 168
 
@@ -198,12 +216,14 @@ def batch_decoder() -> Callable[[memoryview, list[ConnectEvent]], int]:
     def decode(chunk: memoryview, out: list[ConnectEvent]) -> int:
         append = out.append
         done = 0
-        for length, t, cgroup, tgid, tid, family, port, addrlen, comm_raw, addr in iter_unpack(
-            chunk
-        ):
+        for record in iter_unpack(chunk):
+            length, t, cgroup, tgid, tid, family, port, addrlen, kind, comm_raw, addr, fd = record
             if length != EVENT_SIZE:
                 break
             done += 1
+            if kind != EV_CONNECT:
+                append(_lifetime(t, tgid, tid, kind, fd))
+                continue
             key = (family, addrlen, addr)
             known = addresses.get(key)
             if known is None:
@@ -225,12 +245,29 @@ def batch_decoder() -> Callable[[memoryview, list[ConnectEvent]], int]:
             append(
                 new_event(
                     ConnectEvent,
-                    (t, tgid, tid, cgroup, comm, name, address, port if inet else None),
+                    (
+                        t,
+                        tgid,
+                        tid,
+                        cgroup,
+                        comm,
+                        name,
+                        address,
+                        port if inet else None,
+                        fd,
+                        "connect",
+                    ),
                 )
             )
         return done
 
     return decode
+
+
+def _lifetime(time_ns: int, tgid: int, tid: int, kind: int, fd: int) -> ConnectEvent:
+    """A lifetime event (``failed``, ``close``, ``exit``): no address, comm or cgroup."""
+    name = KINDS[kind] if kind < len(KINDS) else "close"
+    return ConnectEvent(time_ns, tgid, tid, 0, "", "other", "", None, fd, name)
 
 
 def _address(family: int, addr: bytes) -> str:

@@ -23,7 +23,7 @@ from tracer.counts import Counts
 from tracer.dedup import Dedup
 from tracer.errors import TracerUnavailable
 from tracer.events import ConnectEvent
-from tracer.loop import Observer, TraceLoop
+from tracer.loop import LifetimeObserver, Observer, TraceLoop
 from tracer.options import FAMILIES
 from tracer.output import JsonOutput, LogfmtOutput, Output, Setting
 
@@ -51,6 +51,7 @@ class ProbeFactory(Protocol):
         ports: Sequence[int],
         exclude_comms: Sequence[str],
         include_comms: Sequence[str],
+        lifetimes: bool,
     ) -> StartableProbe: ...
 
 
@@ -94,6 +95,7 @@ class ConnectTracer:
         *,
         probe_kind: ProbeKind | None = None,
         stream: TextIO | None = None,
+        lifetimes: bool = False,
     ) -> None:
         if args.ports and args.family == "unix":
             raise ValueError("--port needs --family inet, inet6 or all")
@@ -108,6 +110,7 @@ class ConnectTracer:
             ports=list(args.ports or ()),
             exclude_comms=excluded,
             include_comms=list(args.include_comms),
+            lifetimes=lifetimes,
         )
         daemon_socket = getattr(args, "daemon_socket", None)
         cri = "off" if args.no_cri else (args.cri_socket or "auto")
@@ -138,11 +141,17 @@ class ConnectTracer:
             raise
 
     def run(
-        self, resolver: Resolving, stop: threading.Event, *, observer: Observer | None = None
+        self,
+        resolver: Resolving,
+        stop: threading.Event,
+        *,
+        observer: Observer | None = None,
+        lifetime: LifetimeObserver | None = None,
     ) -> Counts:
         """Write the start-up line, then trace until ``stop`` is set; the last summary.
 
-        ``observer(event, attribution)`` sees every event (``wall_ns`` converts its time).
+        ``observer(event, attribution)`` sees every connect event, ``lifetime(event)`` every
+        lifetime event (with ``lifetimes``); ``wall_ns`` converts their times.
         """
         self.output.started(self.settings)
         self.loop = TraceLoop(
@@ -152,12 +161,13 @@ class ConnectTracer:
             dedup=Dedup(self._dedup) if self._dedup > 0 else None,
             summary_interval=self._summary_interval,
             observer=observer,
+            lifetime=lifetime,
         )
         return self.loop.run(stop)
 
-    def wall_ns(self, event: ConnectEvent) -> int:
+    def wall_ns(self, monotonic_ns: int) -> int:
         """An event's time (CLOCK_MONOTONIC) as ns since the epoch."""
-        return event.time_ns + self.output.clock.offset_ns
+        return monotonic_ns + self.output.clock.offset_ns
 
     def counts(self) -> Counts | None:
         """The totals so far (``lost`` read from the kernel now), or ``None`` before ``run``."""

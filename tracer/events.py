@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 Family = Literal["unix", "inet", "inet6", "other"]
+# ``connect``: a connect() call; with lifetimes on, what became of its socket: ``failed`` (the
+# connect returned an error), ``close`` (closed), ``exit`` (its process exited: every socket
+# of ``tgid`` it still held is closed).
+Kind = Literal["connect", "failed", "close", "exit"]
 
 
 class ConnectEvent(NamedTuple):
@@ -24,3 +28,5 @@ class ConnectEvent(NamedTuple):
     family: Family
     address: str
     port: int | None
+    fd: int = -1
+    kind: Kind = "connect"

@@ -15,8 +15,11 @@ from tracer.output import Output
 
 POLL_MS = 5
 
-# observer(event, attribution) for every event, repeats included (deprecation correlation).
+# observer(event, attribution) for every connect event, repeats included (deprecation
+# correlation); lifetime(event) for every lifetime event (close, failed, exit) of a probe that
+# reports them.
 Observer = Callable[[ConnectEvent, Attribution], None]
+LifetimeObserver = Callable[[ConnectEvent], None]
 
 
 class Probe(Protocol):
@@ -46,9 +49,11 @@ class TraceLoop:
         summary_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        lifetime: LifetimeObserver | None = None,
     ) -> None:
         self.probe = probe
         self.observer = observer
+        self.lifetime = lifetime
         self.attributor = attributor
         self.output = output
         self.dedup = dedup
@@ -74,7 +79,12 @@ class TraceLoop:
         dedup = self.dedup
         connection = self.output.connection
         observer = self.observer
+        lifetime = self.lifetime
         for event in events:
+            if event.kind != "connect":
+                if lifetime is not None:
+                    lifetime(event)
+                continue
             who = attribute(event)
             counts.add(who.source)
             if observer is not None:

@@ -89,6 +89,8 @@ class ConnectProbe:
     ``ring_pages``: ring buffer size in 4 KiB pages, a power of two. ``delivery``: ``auto``
     picks the ring buffer on Linux 5.8+, else the perf buffer. ``dump_bpf``: BCC prints the
     preprocessed C and the BPF instructions with their source lines to stderr while loading.
+    ``lifetimes``: also report what becomes of each reported connect's socket (``failed``,
+    ``close``, ``exit`` events); every close() on the host then costs a map lookup.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ConnectProbe:
         delivery: Delivery = "auto",
         bpf_dir: str | os.PathLike[str] | None = None,
         dump_bpf: bool = False,
+        lifetimes: bool = False,
     ) -> None:
         unknown = set(families) - FAMILIES
         if unknown or not families:
@@ -121,6 +124,7 @@ class ConnectProbe:
         self.include_comms = tuple(include_comms)
         self.ring_pages = ring_pages
         self.dump_bpf = dump_bpf
+        self.lifetimes = lifetimes
         self._unix_keys = [_wire.unix_key(p) for p in self.unix_paths]
         self._deny_keys = {bytes(_wire.comm_key(c).comm): _wire.comm_key(c) for c in exclude_comms}
         self._allow_keys = {bytes(_wire.comm_key(c).comm): _wire.comm_key(c) for c in include_comms}
@@ -260,6 +264,8 @@ class ConnectProbe:
         flags = [f"-DOCI_RING_PAGES={self.ring_pages}"]
         if delivery == "perf":
             flags.append("-DOCI_PERF_BUFFER")
+        if self.lifetimes:
+            flags.append("-DOCI_LIFETIMES")
         return flags
 
     # -- internals ----------------------------------------------------------------------------

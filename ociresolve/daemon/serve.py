@@ -20,18 +20,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from ociresolve.daemon import logs
+from ociresolve.daemon.feed import ReporterFeed
 from ociresolve.daemon.http import HttpServer
 from ociresolve.daemon.metrics import Metrics
 from ociresolve.daemon.server import ApiServer
-from ociresolve.deprecations.correlate import Connection
 from ociresolve.errors import OciresolveError
 from ociresolve.resolver import Resolver
 
 if TYPE_CHECKING:
     from ociresolve.deprecations.reporter import Reporter
-    from tracer.attribution import Attribution
     from tracer.connect import ConnectTracer
-    from tracer.events import ConnectEvent
 
 log = logging.getLogger("ociresolve.serve")
 
@@ -74,7 +72,6 @@ class Daemon:
         )
         self.tracer: ConnectTracer | None = None
         self.reporter: Reporter | None = None
-        self._proc = self.resolver.paths.host("/proc")
         self._threads: list[threading.Thread] = []
         self._tracer_stop = threading.Event()
 
@@ -146,7 +143,8 @@ class Daemon:
         from tracer.errors import TracerUnavailable
 
         try:
-            tracer = ConnectTracer(self.args)
+            # With the reporter, the probe also follows each socket until it is closed.
+            tracer = ConnectTracer(self.args, lifetimes=self.args.report_deprecations)
             tracer.start()
         except (TracerUnavailable, ValueError) as exc:
             raise OciresolveError(f"--trace-connect: {exc}") from exc
@@ -156,7 +154,7 @@ class Daemon:
         if not self.args.report_deprecations:
             return
         from ociresolve.deprecations import IntrospectionClient, containerd_socket
-        from ociresolve.deprecations.correlate import Correlator
+        from ociresolve.deprecations.correlate import Correlator, Settings
         from ociresolve.deprecations.reporter import Reporter
         from tracer.connect import node_name
 
@@ -170,7 +168,9 @@ class Daemon:
             node=node_name(),
             stream=sys.stdout,
             interval=self.args.deprecations_interval,
-            correlator=Correlator() if self.tracer is not None else None,
+            correlator=(
+                Correlator(Settings(closes_tracked=True)) if self.tracer is not None else None
+            ),
             output="json" if self.args.output == "json" else "logfmt",  # as the tracer's
         )
 
@@ -178,42 +178,24 @@ class Daemon:
         tracer = self.tracer
         if tracer is None:
             return
-        observer = self._feed_reporter if self.reporter is not None else None
+        feed = (
+            ReporterFeed(self.reporter, tracer.wall_ns, self.resolver.paths.host("/proc"))
+            if self.reporter is not None
+            else None
+        )
 
         def trace() -> None:
             try:
-                tracer.run(self.resolver, self._tracer_stop, observer=observer)
+                tracer.run(
+                    self.resolver,
+                    self._tracer_stop,
+                    observer=feed.connected if feed is not None else None,
+                    lifetime=feed.lifetime if feed is not None else None,
+                )
             except Exception:
                 log.exception("the connect tracer failed")
 
         self._start_thread(trace, "ociresolve-tracer")
-
-    def _feed_reporter(self, event: ConnectEvent, who: Attribution) -> None:
-        """The tracer's connections to the containerd socket, for the reporter."""
-        reporter, tracer = self.reporter, self.tracer
-        if reporter is None or tracer is None or event.family != "unix":
-            return
-        meta = who.meta
-        reporter.connected(
-            Connection(
-                connect_ns=tracer.wall_ns(event),
-                pid=event.tgid,
-                comm=self._process_name(event.tgid) or event.comm,
-                pod_namespace=meta.pod_namespace if meta is not None else None,
-                pod_name=meta.pod_name if meta is not None else None,
-                container=meta.container_name if meta is not None else None,
-                container_id=who.container_id,
-            )
-        )
-
-    def _process_name(self, pid: int) -> str | None:
-        """The process's name: the event's ``comm`` is its calling thread's, and gRPC's C core
-        connects from a thread of its own (``event_engine``, whatever the program)."""
-        try:
-            with open(f"{self._proc}/{pid}/comm", "rb") as file:
-                return file.read(64).decode(errors="replace").rstrip("\n") or None
-        except OSError:
-            return None  # exited already: the thread's name will do
 
     def _run_reporter(self, stop: threading.Event) -> None:
         reporter = self.reporter

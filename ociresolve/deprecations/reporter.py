@@ -58,11 +58,19 @@ class Reporter:
         self.occurrences = 0
         self._lock = threading.Lock()
 
-    def connected(self, connection: Connection) -> None:
-        """A connection to the containerd socket, as the tracer saw it."""
+    def connected(self, connection: Connection) -> int | None:
+        """A connection to the containerd socket, as the tracer saw it; the handle is for
+        ``closed`` (``None`` when nothing is correlated)."""
+        if self.correlator is None:
+            return None
+        with self._lock:
+            return self.correlator.connected(connection)
+
+    def closed(self, handle: int, close_ns: int) -> None:
+        """The connection ``handle`` ended at ``close_ns`` (ns since the epoch)."""
         if self.correlator is not None:
             with self._lock:
-                self.correlator.connected(connection)
+                self.correlator.closed(handle, close_ns)
 
     def clients(self) -> list[Attribution]:
         """Every attributed client so far, most confident first."""

@@ -53,12 +53,20 @@ def test_unix_address_decoding() -> None:
 
 
 def test_decoder_reads_the_c_layout() -> None:
-    raw = _wire.RawEvent(time_ns=5, cgroup_id=7, tgid=10, tid=11, family=2, port=443, addrlen=6)
+    raw = _wire.RawEvent(
+        time_ns=5, cgroup_id=7, tgid=10, tid=11, family=2, port=443, addrlen=6, fd=3
+    )
     raw.comm = b"curl"
     ctypes.memmove(raw.addr, bytes([1, 187, 10, 0, 0, 1]), 6)
+    closed = _wire.RawEvent(time_ns=9, tgid=10, tid=12, kind=2, fd=3)
     seen: list[object] = []
-    _wire.decoder(seen.append)(None, ctypes.addressof(raw), ctypes.sizeof(raw))
-    assert seen == [(5, 10, 11, 7, "curl", "inet", "10.0.0.1:443", 443)]
+    decode = _wire.decoder(seen.append)
+    decode(None, ctypes.addressof(raw), ctypes.sizeof(raw))
+    decode(None, ctypes.addressof(closed), ctypes.sizeof(closed))
+    assert seen == [
+        (5, 10, 11, 7, "curl", "inet", "10.0.0.1:443", 443, 3, "connect"),
+        (9, 10, 12, 0, "", "other", "", None, 3, "close"),
+    ]
 
 
 def test_source_path_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
