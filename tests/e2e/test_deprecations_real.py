@@ -11,6 +11,7 @@ of the v1alpha2 calls as the caller logged them. The daemon (``serve --report-de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -448,3 +449,241 @@ def test_serve_reports_deprecations_on_containerd_1_6(
     assert len(retries) == 1, daemon.logs
     assert not [r for r in daemon.logs if r.get("level") in ("error", "raw")], daemon.logs
     assert daemon.lines == []
+
+
+# -- a client that keeps its connection open ---------------------------------------------------
+
+# A CRI caller that opens ONE channel (one connection) at START_NS + OPEN_PHASE, says so (a JSON
+# line: "opened", the time), then makes CALLS calls of PATH through it at START_NS + PHASE + k *
+# PERIOD, one JSON line each as CALLER writes, and keeps the channel open HOLD seconds more.
+PERSISTENT_CALLER = r"""
+import json, os, time
+import grpc
+from ociresolve.cri import api_pb2
+
+def at(phase):
+    delay = (int(os.environ["START_NS"]) + int(phase * 1e9) - time.time_ns()) / 1e9
+    if delay > 0:
+        time.sleep(delay)
+
+path, api = os.environ["CRI_PATH"], os.environ["CRI_VERSION"].encode()
+request = b"\n" + bytes([len(api)]) + api
+phase, period = float(os.environ["PHASE"]), float(os.environ["PERIOD"])
+at(float(os.environ["OPEN_PHASE"]))
+channel = grpc.insecure_channel("unix://" + os.environ["SOCKET"])
+grpc.channel_ready_future(channel).result(timeout=10)
+print(json.dumps({"opened": time.time_ns()}), flush=True)
+call = channel.unary_unary(path)
+for k in range(int(os.environ["CALLS"])):
+    at(phase + k * period)
+    before = time.time_ns()
+    reply = call(request, timeout=5)
+    after = time.time_ns()
+    version = api_pb2.VersionResponse.FromString(reply)
+    print(json.dumps({"call": k, "before": before, "after": after,
+                      "runtime": version.runtime_name,
+                      "api": version.runtime_api_version}), flush=True)
+time.sleep(float(os.environ["HOLD"]))
+channel.close()
+"""
+
+
+def persistent_caller(
+    containerd: Containerd,
+    image: str,
+    name: str,
+    *,
+    path: str,
+    version: str,
+    start_ns: int,
+    period: float,
+    calls: int,
+    open_phase: float,
+    phase: float = 0.0,
+    hold: float = 3.0,
+) -> ContainerSpec:
+    spec = caller(
+        containerd,
+        image,
+        name,
+        path=path,
+        version=version,
+        start_ns=start_ns,
+        period=period,
+        phase=phase,
+        calls=calls,
+    )
+    return dataclasses.replace(
+        spec,
+        command=["python3", "-c", PERSISTENT_CALLER],
+        env={**spec.env, "OPEN_PHASE": str(open_phase), "HOLD": str(hold)},
+    )
+
+
+def reporting_daemon(
+    containerd: Containerd, socket_dir: Path, fake: FakeIntrospection
+) -> DaemonProcess:
+    """``serve --report-deprecations --trace-connect``, the occurrences read from ``fake``."""
+    return DaemonProcess(
+        socket_dir / "ociresolve.sock",
+        [
+            "--runtime-root",
+            str(containerd.state_dir),
+            "--cri-socket",
+            str(containerd.socket),
+            "--trace-connect",
+            "--trace-socket",
+            str(containerd.socket),
+            "--trace-socket",
+            IN_CONTAINER,
+            "--trace-summary-interval",
+            "0",
+            "--report-deprecations",
+            "--containerd-socket",
+            fake.socket,
+            "--deprecations-interval",
+            "0.5",
+        ],
+    )
+
+
+PERSISTENT_POD = ("legacy", "cri-v1alpha2-watcher-3m8q")
+PERSISTENT_CALLS = 11
+# The client opens its channel 4 s before its first call. Innocent v1 callers, a connection per
+# call, always between the client's calls (0.6 s or more away from any of them).
+PER_CALL_INNOCENTS = (
+    ("shop", "web-8h2k5", PERIOD, 1.0),
+    ("monitoring", "node-agent-w7p3", 2 * PERIOD, 0.6),
+    ("ops", "operator-t5n9", 2 * PERIOD, 2.6),
+)
+# A second client that keeps one connection open (calling v1), opened at another time: it is
+# then a candidate for every occurrence too, and the model (a call at a uniformly random moment
+# of an open connection's lifetime) cannot tell the two apart; off.
+PERSISTENT_INNOCENT: tuple[str, str, float] | None = None  # (namespace, name, open phase)
+
+
+@pytest.mark.bpf
+def test_a_client_keeping_one_connection_open_is_named(
+    containerd: Containerd,
+    pod_factory: PodFactory,
+    ociresolve_image: str,
+    socket_dir: Path,
+) -> None:
+    """Each call comes seconds after the client's only connect: only the connection's lifetime
+    (its close not seen yet, the innocent ones closed) names it."""
+    fake = FakeIntrospection(str(socket_dir / "containerd-1.7.sock"))
+    daemon = reporting_daemon(containerd, socket_dir, fake)
+    with fake, daemon:
+        start_ns = time.time_ns() + 8 * 1_000_000_000  # pods started, the channel open
+        namespace, name = PERSISTENT_POD
+        client = pod_factory(
+            name,
+            [
+                persistent_caller(
+                    containerd,
+                    ociresolve_image,
+                    "watcher",
+                    path=V1ALPHA2_VERSION,
+                    version="v1alpha2",
+                    start_ns=start_ns,
+                    period=PERIOD,
+                    calls=PERSISTENT_CALLS,
+                    open_phase=-4.0,
+                )
+            ],
+            namespace=namespace,
+        )
+        innocents = [
+            pod_factory(
+                pod_name,
+                [
+                    caller(
+                        containerd,
+                        ociresolve_image,
+                        "app",
+                        path=V1_VERSION,
+                        version="v1",
+                        start_ns=start_ns,
+                        period=period,
+                        phase=phase,
+                        calls=int(PERSISTENT_CALLS * PERIOD / period),
+                    )
+                ],
+                namespace=pod_namespace,
+            )
+            for pod_namespace, pod_name, period, phase in PER_CALL_INNOCENTS
+        ]
+        if PERSISTENT_INNOCENT is not None:
+            other_namespace, other_name, open_phase = PERSISTENT_INNOCENT
+            innocents.append(
+                pod_factory(
+                    other_name,
+                    [
+                        persistent_caller(
+                            containerd,
+                            ociresolve_image,
+                            "app",
+                            path=V1_VERSION,
+                            version="v1",
+                            start_ns=start_ns,
+                            period=PERIOD,
+                            phase=PERIOD / 2,
+                            calls=PERSISTENT_CALLS,
+                            open_phase=open_phase,
+                        )
+                    ],
+                    namespace=other_namespace,
+                )
+            )
+        fed: list[int] = []
+        container_id = client.container_id("watcher")
+        deadline = time.monotonic() + 8 + PERSISTENT_CALLS * PERIOD + 20
+        while len(fed) < PERSISTENT_CALLS:
+            calls = [c for c in calls_of(client, "watcher") if "call" in c]
+            for call in calls[len(fed) :]:
+                assert call["api"] == "v1alpha2", call
+                after = call["after"]
+                assert isinstance(after, int)
+                fake.occur(V1ALPHA2, after)
+                fed.append(after)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the client made {len(fed)} calls:\n{log_of(client, 'watcher')}")
+            status = containerd.cri().container_status(container_id, verbose=False).status
+            if status.exit_code != 0:
+                pytest.fail(f"the client failed:\n{log_of(client, 'watcher')}")
+            time.sleep(0.05)
+
+        def occurrences_so_far() -> int:
+            return len([line for line in list(daemon.lines) if OCCURRENCE in line])
+
+        wait(lambda: occurrences_so_far() >= PERSISTENT_CALLS, "a line per occurrence")
+        result = ociresolve(
+            "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
+        )
+        (opened,) = [c["opened"] for c in calls_of(client, "watcher") if "opened" in c]
+        for pod in innocents:
+            assert [c["api"] for c in calls_of(pod, "app") if "call" in c], pod.name
+            assert all(c["api"] == "v1" for c in calls_of(pod, "app") if "call" in c)
+    lines = [parse_logfmt(line) for line in daemon.lines]
+    clients = [r for r in lines if r.get("msg") == CLIENT]
+    traced = [r for r in lines if r.get("msg") == OPENED]
+    print("\n".join(line for line in daemon.lines if OPENED not in line))
+
+    # One connection, opened seconds before the first call.
+    pod = "/".join(PERSISTENT_POD)
+    assert len([r for r in traced if r.get("pod") == pod]) == 1, traced
+    assert fed[0] - opened > 2_000_000_000
+    assert {f"{ns}/{n}" for ns, n, _, _ in PER_CALL_INNOCENTS} <= {r.get("pod") for r in traced}
+
+    client_lines = [r for r in clients if r.get("pod") == pod]
+    assert len([r for r in lines if r.get("msg") == OCCURRENCE]) == PERSISTENT_CALLS
+    assert len(client_lines) == PERSISTENT_CALLS, clients
+    assert client_lines[-1]["occurrences"] == str(PERSISTENT_CALLS)
+    assert float(client_lines[-1]["confidence"]) >= 0.8, client_lines[-1]
+    assert all(float(r["confidence"]) < 0.3 for r in clients if r.get("pod") != pod), clients
+
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    top, *rest = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (top["pod_namespace"], top["pod_name"], top["container"]) == (*PERSISTENT_POD, "watcher")
+    assert top["confidence"] >= 0.8 and top["container_id"] == container_id, top
+    assert all(row["confidence"] < 0.3 for row in rest), rest

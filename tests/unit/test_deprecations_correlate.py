@@ -4,6 +4,7 @@ pods calling on other schedules; lifetimes; clock slack; bounds; the log lines."
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from dataclasses import dataclass
 
@@ -257,7 +258,10 @@ def test_a_short_connection_explains_better_than_a_long_one() -> None:
     evidence = correlator.occurred(V1ALPHA2, T0 + 30 * S + 10 * MS)
     shares = {c.identity.pod: c.share for c in evidence.candidates}
     assert shares["legacy/collector"] > 0.99
-    assert shares["ops/monitor"] == pytest.approx((0.02 + 0.1) / (60 + 0.1), rel=0.1)
+    # Densities: 1/60 s inside the monitor's minute; the collector's 20 ms around t, with 5 ms
+    # of Laplace skew: (G(10 ms) - G(-10 ms)) / 20 ms, G(x) = 1 - exp(-x / 5 ms) / 2 for x >= 0.
+    collector = (1 - math.exp(-2)) / 0.02
+    assert shares["ops/monitor"] == pytest.approx((1 / 60) / (1 / 60 + collector), rel=0.1)
 
 
 def test_a_connection_closed_before_the_occurrence_is_not_a_candidate() -> None:

@@ -163,3 +163,56 @@ def test_periodic_summaries() -> None:
         "containerd socket tracer summary",  # at 150 s
         "containerd socket tracer stopped",
     ]
+
+
+def test_lifetime_events_go_to_the_lifetime_observer_only() -> None:
+    """``close``, ``failed`` and ``exit`` events: passed on in order, never attributed, counted,
+    deduplicated or written."""
+    stop = threading.Event()
+    connect = event(tgid=10, cgroup_id=CONTAINER_CGROUP, time_ns=1 * SECOND)
+    failed = ConnectEvent(2 * SECOND, 10, 10, 0, "", "other", "", None, 5, "failed")
+    closed = ConnectEvent(3 * SECOND, 10, 12, 0, "", "other", "", None, 6, "close")
+    exited = ConnectEvent(4 * SECOND, 10, 10, 0, "", "other", "", None, -1, "exit")
+    again = event(tgid=10, cgroup_id=HOST_CGROUP, time_ns=5 * SECOND)
+    probe = FakeProbe([[connect, failed], [closed], [exited, again]], stop=stop)
+    probe.start()
+    attributed: list[ConnectEvent] = []
+    observed: list[ConnectEvent] = []
+    lifetimes: list[ConnectEvent] = []
+
+    class Recording(FakeAttributor):
+        def attribute(self, event: ConnectEvent) -> Attribution:
+            attributed.append(event)
+            return super().attribute(event)
+
+    out = io.StringIO()
+    counts = TraceLoop(
+        probe,
+        Recording(),  # type: ignore[arg-type]
+        JsonOutput(out, "n", WallClock(0)),
+        dedup=Dedup(60),
+        observer=lambda e, _who: observed.append(e),
+        lifetime=lifetimes.append,
+    ).run(stop)
+    assert lifetimes == [failed, closed, exited]
+    assert attributed == observed == [connect, again]
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["msg"] for r in rows] == ["containerd socket connection opened"] * 2 + [
+        "containerd socket tracer stopped"
+    ]
+    assert (counts.events, counts.resolved, counts.host, counts.suppressed) == (2, 1, 1, 0)
+    assert (rows[-1]["events"], rows[-1]["resolved"], rows[-1]["host"]) == (2, 1, 1)
+
+
+def test_lifetime_events_without_a_lifetime_observer_are_dropped() -> None:
+    rows, _ = run(
+        [
+            [
+                ConnectEvent(1, 10, 10, 0, "", "other", "", None, 5, "close"),
+                ConnectEvent(2, 10, 10, 0, "", "other", "", None, -1, "exit"),
+                event(cgroup_id=GONE_CGROUP),
+            ]
+        ]
+    )
+    assert [r.get("source") for r in rows] == ["unresolved", None]
+    assert rows[-1]["events"] == 1 and rows[-1]["unresolved"] == 1
