@@ -72,6 +72,10 @@ class HostPaths:
             return os.path.normpath(path)
         return os.path.normpath(os.path.join(self.host_root, path.lstrip("/")))
 
+    def proc_comm(self, pid: int) -> str:
+        """The process's name (its ``comm``), at most 15 bytes and a newline."""
+        return f"{self._proc}/{pid}/comm"
+
     def proc_cgroup(self, pid: int) -> str:
         return f"{self._proc}/{pid}/cgroup"
 

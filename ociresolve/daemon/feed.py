@@ -14,6 +14,7 @@ from typing import Final
 
 from ociresolve.deprecations.correlate import Connection
 from ociresolve.deprecations.reporter import Reporter
+from ociresolve.hostpaths import HostPaths
 from tracer.attribution import Attribution
 from tracer.events import ConnectEvent
 
@@ -24,10 +25,10 @@ MAX_OPEN: Final = 65_536
 class ReporterFeed:
     """``connected`` and ``lifetime`` are the tracer loop's observers (its thread only)."""
 
-    def __init__(self, reporter: Reporter, wall_ns: Callable[[int], int], proc: str) -> None:
+    def __init__(self, reporter: Reporter, wall_ns: Callable[[int], int], paths: HostPaths) -> None:
         self.reporter = reporter
         self.wall_ns = wall_ns  # an event's CLOCK_MONOTONIC time -> ns since the epoch
-        self.proc = proc  # the host's /proc, as seen here
+        self.paths = paths
         self._open: dict[tuple[int, int], int] = {}  # (tgid, fd) -> correlator handle
         self._fds: dict[int, set[int]] = {}  # tgid -> its open fds
 
@@ -82,7 +83,7 @@ class ReporterFeed:
 
     def _process_name(self, pid: int) -> str | None:
         try:
-            with open(f"{self.proc}/{pid}/comm", "rb") as file:
+            with open(self.paths.proc_comm(pid), "rb") as file:
                 return file.read(64).decode(errors="replace").rstrip("\n") or None
         except OSError:
             return None  # exited already: the thread's name will do

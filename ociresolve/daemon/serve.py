@@ -179,7 +179,7 @@ class Daemon:
         if tracer is None:
             return
         feed = (
-            ReporterFeed(self.reporter, tracer.wall_ns, self.resolver.paths.host("/proc"))
+            ReporterFeed(self.reporter, tracer.wall_ns, self.resolver.paths)
             if self.reporter is not None
             else None
         )

@@ -15,6 +15,7 @@ from ociresolve.daemon import feed as feed_module
 from ociresolve.daemon.feed import ReporterFeed
 from ociresolve.deprecations.correlate import Connection, Correlator, Identity, Settings
 from ociresolve.deprecations.reporter import Reporter
+from ociresolve.hostpaths import HostPaths
 from tracer.attribution import Attribution
 from tracer.events import ConnectEvent, Kind
 
@@ -67,14 +68,15 @@ class FakeReporter:
         self.closes.append((handle, close_ns))
 
 
-def fake_feed(proc: Path) -> tuple[ReporterFeed, FakeReporter]:
+def fake_feed(host: Path) -> tuple[ReporterFeed, FakeReporter]:
+    """A feed reading ``<host>/proc``."""
     reporter = FakeReporter()
-    return ReporterFeed(reporter, wall, str(proc)), reporter  # type: ignore[arg-type]
+    return ReporterFeed(reporter, wall, HostPaths(str(host))), reporter  # type: ignore[arg-type]
 
 
-def write_comm(proc: Path, pid: int, text: str) -> None:
-    (proc / str(pid)).mkdir(parents=True, exist_ok=True)
-    (proc / str(pid) / "comm").write_text(text)
+def write_comm(host: Path, pid: int, text: str) -> None:
+    (host / "proc" / str(pid)).mkdir(parents=True, exist_ok=True)
+    (host / "proc" / str(pid) / "comm").write_text(text)
 
 
 class NoSource:
@@ -84,10 +86,10 @@ class NoSource:
         return []
 
 
-def real_feed(proc: Path) -> tuple[ReporterFeed, Correlator]:
+def real_feed(host: Path) -> tuple[ReporterFeed, Correlator]:
     correlator = Correlator(Settings(closes_tracked=True))
     reporter = Reporter(NoSource(), node="n", stream=io.StringIO(), correlator=correlator)
-    return ReporterFeed(reporter, wall, str(proc)), correlator
+    return ReporterFeed(reporter, wall, HostPaths(str(host))), correlator
 
 
 # -- with the real reporter and correlator ------------------------------------------------------
@@ -134,7 +136,7 @@ def test_an_exit_ends_the_connections_of_its_process_only(tmp_path: Path) -> Non
 
 def test_without_a_correlator_nothing_is_followed(tmp_path: Path) -> None:
     reporter = Reporter(NoSource(), node="n", stream=io.StringIO())
-    feed = ReporterFeed(reporter, wall, str(tmp_path))
+    feed = ReporterFeed(reporter, wall, HostPaths(str(tmp_path)))
     feed.connected(connect(10, 5, 1 * S), IN_POD)
     feed.lifetime(lifetime("close", 10, 5, 2 * S))
     feed.lifetime(lifetime("exit", 10, -1, 3 * S))
@@ -246,8 +248,8 @@ def test_the_process_name_from_proc_overrides_the_thread_name(tmp_path: Path) ->
 
 
 def test_a_process_name_with_undecodable_bytes(tmp_path: Path) -> None:
-    (tmp_path / "10").mkdir()
-    (tmp_path / "10" / "comm").write_bytes(b"bad\xffname\n")
+    (tmp_path / "proc" / "10").mkdir(parents=True)
+    (tmp_path / "proc" / "10" / "comm").write_bytes(b"bad\xffname\n")
     feed, reporter = fake_feed(tmp_path)
     feed.connected(connect(10, 5, 1 * S), HOST)
     assert reporter.connections[0].comm == "bad\ufffdname"
