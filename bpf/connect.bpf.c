@@ -107,7 +107,7 @@ struct oci_fd_key {
     u32 tgid;
     s32 fd;
 };
-BPF_HASH(pending, u64, s32, 10240);                                /* thread -> fd, in connect() */
+BPF_TABLE("lru_hash", u64, s32, pending, 10240);                 /* thread -> fd, in connect() */
 BPF_TABLE("lru_hash", struct oci_fd_key, u8, open_fds, 65536);     /* reported, still open */
 BPF_TABLE("lru_hash", u32, u32, open_per_process, 16384);          /* tgid -> open fds kept */
 #endif

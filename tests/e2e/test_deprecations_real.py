@@ -249,27 +249,7 @@ def test_the_client_of_v1alpha2_is_named_with_high_confidence(
     socket_dir: Path,
 ) -> None:
     fake = FakeIntrospection(str(socket_dir / "containerd-1.7.sock"))
-    daemon = DaemonProcess(
-        socket_dir / "ociresolve.sock",
-        [
-            "--runtime-root",
-            str(containerd.state_dir),
-            "--cri-socket",
-            str(containerd.socket),
-            "--trace-connect",
-            "--trace-socket",
-            str(containerd.socket),
-            "--trace-socket",
-            IN_CONTAINER,
-            "--trace-summary-interval",
-            "0",
-            "--report-deprecations",
-            "--containerd-socket",
-            fake.socket,
-            "--deprecations-interval",
-            "0.5",
-        ],
-    )
+    daemon = reporting_daemon(containerd, socket_dir, fake)
     with fake, daemon:
         start_ns = time.time_ns() + 6 * 1_000_000_000  # time for the pods to start
         namespace, name = CLIENT_POD
