@@ -47,7 +47,7 @@ from _timing import fmt, interleaved, row, wait_for
 from index import TASKS, _config, _make_bundle, _remove_bundle
 
 from ociresolve import DaemonClient, IndexedContainer, OciresolveError, RemoteResolver
-from ociresolve.daemon import api_pb2, api_pb2_grpc
+from ociresolve.api import api_pb2, api_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO = "/bench.Echo/Call"

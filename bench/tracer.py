@@ -24,19 +24,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ociresolve.tracer import _environment
+from ociresolve.tracer.errors import TracerUnavailable
+from ociresolve.tracer.probe import ConnectProbe
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tracer import _environment  # noqa: E402
-from tracer.errors import TracerUnavailable  # noqa: E402
-from tracer.probe import ConnectProbe  # noqa: E402
-
 STORM_SOURCE = ROOT / "tests" / "bpf" / "connect_storm.c"
 
 

@@ -6,10 +6,10 @@ package starts no thread, opens no file and no socket; a ``Resolver`` does so on
 
 from __future__ import annotations
 
+from ociresolve.api.client import DaemonClient, LookupResult
+from ociresolve.api.remote import RemoteResolver
 from ociresolve.bundle import Bundle, find_bundles, load_bundle, read_bundle
 from ociresolve.cgroup import parse_cgroup
-from ociresolve.daemon.client import DaemonClient, LookupResult
-from ociresolve.daemon.remote import RemoteResolver
 from ociresolve.errors import BundleError, DaemonUnavailable, OciresolveError, ProcessNotFound
 from ociresolve.model import CgroupRef, Change, ContainerMeta, IndexedContainer, Resolution
 from ociresolve.resolver import Resolver

@@ -12,12 +12,12 @@ from typing import Any, Final, NamedTuple, TextIO
 import msgspec
 
 import ociresolve
-from ociresolve.daemon.client import DEFAULT_SOCKET, DaemonClient, LookupResult
+from ociresolve.api.client import DEFAULT_SOCKET, DaemonClient, LookupResult
 from ociresolve.daemon.options import add_serve_arguments
 from ociresolve.errors import DaemonUnavailable
 from ociresolve.model import Step
-from ociresolve.output import json_line, printable, short_id, table
-from tracer.options import add_connect_arguments
+from ociresolve.render import json_line, printable, short_id, table
+from ociresolve.tracer.options import add_connect_arguments
 
 EXIT_OK: Final = 0
 EXIT_NOT_KUBERNETES: Final = 1
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="the node daemon: index the node and serve lookups on a unix socket",
         description="Index the node's containers, keep the index current, and serve lookups "
-        "(gRPC, ociresolve/daemon/api.proto) on a unix socket, with Prometheus metrics and "
+        "(gRPC, ociresolve/api/api.proto) on a unix socket, with Prometheus metrics and "
         "health checks, until SIGTERM. Exit 2 when it cannot start.",
     )
     add_serve_arguments(serve)
@@ -211,7 +211,7 @@ def _cri_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _trace_connect(args: argparse.Namespace) -> int:
-    from tracer.connect import run  # the probe, and BCC, only for this command
+    from ociresolve.tracer.connect import run  # the probe, and BCC, only for this command
 
     return run(args)
 
@@ -246,7 +246,7 @@ _CLIENT_COLUMNS: Final = (
 
 
 def _deprecated_api_clients(args: argparse.Namespace) -> int:
-    from ociresolve.deprecations.timefmt import rfc3339_milli
+    from ociresolve.render import rfc3339_milli
 
     client = DaemonClient(args.daemon_socket)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple, Protocol
 
 import ociresolve
-from tracer.events import ConnectEvent
+from ociresolve.tracer.events import ConnectEvent
 
 # ``index``/``bundle``/``cri``: where the answer came from (``ociresolve.Resolution.source``);
 # ``host``: a process in no container (if it exited before its event was read: one in the root

@@ -18,14 +18,14 @@ from types import FrameType
 from typing import Final, Protocol, TextIO
 
 import ociresolve
-from tracer.attribution import Attributor, Resolving
-from tracer.counts import Counts
-from tracer.dedup import Dedup
-from tracer.errors import TracerUnavailable
-from tracer.events import ConnectEvent
-from tracer.loop import LifetimeObserver, Observer, TraceLoop
-from tracer.options import FAMILIES
-from tracer.output import JsonOutput, LogfmtOutput, Output, Setting
+from ociresolve.tracer.attribution import Attributor, Resolving
+from ociresolve.tracer.counts import Counts
+from ociresolve.tracer.dedup import Dedup
+from ociresolve.tracer.errors import TracerUnavailable
+from ociresolve.tracer.events import ConnectEvent
+from ociresolve.tracer.loop import LifetimeObserver, Observer, TraceLoop
+from ociresolve.tracer.options import FAMILIES
+from ociresolve.tracer.output import JsonOutput, LogfmtOutput, Output, Setting
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 2
@@ -75,7 +75,7 @@ def node_name() -> str:
 
 def load_probe() -> ProbeKind:
     """``tracer.probe``, imported only now (BCC itself is imported when a probe starts)."""
-    from tracer import probe
+    from ociresolve.tracer import probe
 
     return probe
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tracer.attribution import Source
+from ociresolve.tracer.attribution import Source
 
 
 @dataclass

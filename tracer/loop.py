@@ -7,11 +7,11 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from tracer.attribution import Attribution, Attributor
-from tracer.counts import Counts
-from tracer.dedup import Dedup
-from tracer.events import ConnectEvent
-from tracer.output import Output
+from ociresolve.tracer.attribution import Attribution, Attributor
+from ociresolve.tracer.counts import Counts
+from ociresolve.tracer.dedup import Dedup
+from ociresolve.tracer.events import ConnectEvent
+from ociresolve.tracer.output import Output
 
 POLL_MS = 5
 

@@ -18,10 +18,10 @@ from typing import Final, TextIO
 
 import msgspec
 
-from tracer import logfmt
-from tracer.attribution import Attribution
-from tracer.counts import Counts
-from tracer.events import ConnectEvent
+from ociresolve import render
+from ociresolve.tracer.attribution import Attribution
+from ociresolve.tracer.counts import Counts
+from ociresolve.tracer.events import ConnectEvent
 
 CONNECTION_MSG: Final = "containerd socket connection opened"
 STARTED_MSG: Final = "containerd socket tracer started"
@@ -72,7 +72,7 @@ class LogfmtOutput(_Output):
 
     def started(self, settings: Sequence[Setting]) -> None:
         self._write(
-            logfmt.line(
+            render.logfmt_line(
                 [
                     ("time", self.clock.text(self.clock.now_ns())),
                     ("level", "info"),
@@ -91,7 +91,7 @@ class LogfmtOutput(_Output):
                 pod = f"{meta.pod_namespace or ''}/{meta.pod_name or ''}"
             container = meta.container_name
         self._write(
-            logfmt.line(
+            render.logfmt_line(
                 (
                     ("time", self.clock.text(event.time_ns)),
                     ("level", "info"),
@@ -111,7 +111,7 @@ class LogfmtOutput(_Output):
 
     def summary(self, counts: Counts, *, final: bool = False) -> None:
         self._write(
-            logfmt.line(
+            render.logfmt_line(
                 [
                     ("time", self.clock.text(self.clock.now_ns())),
                     ("level", "info"),

@@ -345,8 +345,9 @@ class ConnectProbe:
 
 
 def _source_path(bpf_dir: str | os.PathLike[str] | None) -> Path:
-    """``<repo>/bpf/connect.bpf.c``, or in ``bpf_dir`` / ``$OCIRESOLVE_BPF_DIR``."""
+    """``connect.bpf.c`` in ``bpf_dir`` / ``$OCIRESOLVE_BPF_DIR``, else the package's own
+    (``ociresolve/bpf``: package data in a wheel, the repository's ``bpf/`` in a checkout)."""
     directory = bpf_dir or os.environ.get(BPF_DIR_ENV)
     if directory:
         return Path(directory) / SOURCE_NAME
-    return Path(__file__).resolve().parent.parent / "bpf" / SOURCE_NAME
+    return Path(__file__).parent.parent / "bpf" / SOURCE_NAME

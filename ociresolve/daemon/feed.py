@@ -15,8 +15,8 @@ from typing import Final
 from ociresolve.deprecations.correlate import Connection
 from ociresolve.deprecations.reporter import Reporter
 from ociresolve.hostpaths import HostPaths
-from tracer.attribution import Attribution
-from tracer.events import ConnectEvent
+from ociresolve.tracer.attribution import Attribution
+from ociresolve.tracer.events import ConnectEvent
 
 # Open connections followed at most (the oldest are forgotten: the correlator keeps them open).
 MAX_OPEN: Final = 65_536

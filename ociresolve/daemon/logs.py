@@ -13,7 +13,7 @@ from typing import Final, Literal, TextIO
 
 import msgspec
 
-from tracer.logfmt import line
+from ociresolve.render import logfmt_line
 
 Format = Literal["logfmt", "json"]
 LEVELS: Final = ("debug", "info", "warning", "error")
@@ -48,7 +48,7 @@ class _Formatter(logging.Formatter):
             fields.append(("error", self.formatException(record.exc_info)))
         if self.output == "json":
             return _ENCODER.encode({k: v for k, v in fields if v is not None}).decode()
-        return line(fields)
+        return logfmt_line(fields)
 
 
 def fields(**values: object) -> dict[str, dict[str, object]]:

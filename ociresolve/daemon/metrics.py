@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ociresolve.daemon.service import ResolverService
     from ociresolve.resolver import Resolver
-    from tracer.counts import Counts
+    from ociresolve.tracer.counts import Counts
 
 # CRI calls take 0.2-1 ms when the runtime is well, up to the deadline when it is not.
 CRI_BUCKETS: Final = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

@@ -17,9 +17,9 @@ import pwd
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from ociresolve.daemon.client import DEFAULT_SOCKET, SOCKET_ENV
+from ociresolve.api.client import DEFAULT_SOCKET, SOCKET_ENV
 from ociresolve.daemon.logs import LEVELS
-from tracer.options import add_connect_arguments
+from ociresolve.tracer.options import add_connect_arguments
 
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off", "")

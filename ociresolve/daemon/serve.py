@@ -29,7 +29,7 @@ from ociresolve.resolver import Resolver
 
 if TYPE_CHECKING:
     from ociresolve.deprecations.reporter import Reporter
-    from tracer.connect import ConnectTracer
+    from ociresolve.tracer.connect import ConnectTracer
 
 log = logging.getLogger("ociresolve.serve")
 
@@ -40,7 +40,7 @@ STOP_GRACE: Final = 1.0
 
 def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
     """Serve until ``stop`` is set (SIGTERM and SIGINT set it when on the main thread)."""
-    from tracer.connect import node_name, stop_on_signals
+    from ociresolve.tracer.connect import node_name, stop_on_signals
 
     stop = threading.Event() if stop is None else stop
     logs.configure(args.log_format, args.log_level, node=node_name())
@@ -139,8 +139,8 @@ class Daemon:
     def _start_tracer(self) -> None:
         if not self.args.trace_connect:
             return
-        from tracer.connect import ConnectTracer
-        from tracer.errors import TracerUnavailable
+        from ociresolve.tracer.connect import ConnectTracer
+        from ociresolve.tracer.errors import TracerUnavailable
 
         try:
             # With the reporter, the probe also follows each socket until it is closed.
@@ -156,7 +156,7 @@ class Daemon:
         from ociresolve.deprecations import IntrospectionClient, containerd_socket
         from ociresolve.deprecations.correlate import Correlator, Settings
         from ociresolve.deprecations.reporter import Reporter
-        from tracer.connect import node_name
+        from ociresolve.tracer.connect import node_name
 
         socket = containerd_socket(self.resolver.paths, self.args.containerd_socket)
         if socket is None:

@@ -27,7 +27,7 @@ from typing import Final
 
 import grpc
 
-from ociresolve.daemon import api_pb2_grpc
+from ociresolve.api import api_pb2_grpc
 from ociresolve.daemon.service import ResolverService
 from ociresolve.errors import OciresolveError
 from ociresolve.resolver import Resolver

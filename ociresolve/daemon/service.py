@@ -19,8 +19,8 @@ from typing import Any, Final, TypeVar
 
 import grpc
 
-from ociresolve.daemon import api_pb2, api_pb2_grpc
-from ociresolve.daemon.convert import meta_message, to_message
+from ociresolve.api import api_pb2, api_pb2_grpc
+from ociresolve.api.convert import meta_message, to_message
 from ociresolve.deprecations.correlate import Attribution
 from ociresolve.deprecations.reporter import Reporter
 from ociresolve.errors import OciresolveError, ProcessNotFound

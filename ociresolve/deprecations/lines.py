@@ -11,8 +11,7 @@ import msgspec
 
 from ociresolve.deprecations.client import V1ALPHA2
 from ociresolve.deprecations.correlate import Attribution
-from ociresolve.deprecations.timefmt import rfc3339_milli, rfc3339_nano
-from tracer import logfmt
+from ociresolve.render import logfmt_line, rfc3339_milli, rfc3339_nano
 
 OCCURRENCE_MSG: Final = "found deprecation warning"
 # The original reporter's words for the CRI v1alpha2 warning, kept so that its readers still
@@ -29,7 +28,7 @@ def render(fields: Fields, output: Format = "logfmt") -> str:
     """One line: logfmt (``true``, a confidence with two decimals) or a JSON object."""
     if output == "json":
         return msgspec.json.encode({k: v for k, v in fields if v is not None}).decode()
-    return logfmt.line((key, _text(value)) for key, value in fields)
+    return logfmt_line((key, _text(value)) for key, value in fields)
 
 
 def _text(value: object) -> object:

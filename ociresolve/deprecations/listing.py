@@ -13,9 +13,8 @@ from ociresolve.deprecations.client import (
     containerd_socket,
 )
 from ociresolve.deprecations.errors import RuntimeUnreachable
-from ociresolve.deprecations.timefmt import rfc3339_nano
 from ociresolve.hostpaths import HostPaths
-from ociresolve.output import json_line, table
+from ociresolve.render import json_line, rfc3339_nano, table
 
 COLUMNS: Final = ("ID", "LAST OCCURRENCE", "MESSAGE")
 

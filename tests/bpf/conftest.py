@@ -1,17 +1,11 @@
-"""Fixtures of the BPF probe tests: ``tracer`` importable, the storm helper built once."""
+"""Fixtures of the BPF probe tests: the storm helper, built once."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-# `tracer` lives at the repository root, outside the installed `ociresolve` package.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 STORM_SOURCE = Path(__file__).with_name("connect_storm.c")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tracer.events import ConnectEvent
-from tracer.probe import ConnectProbe
+from ociresolve.tracer.events import ConnectEvent
+from ociresolve.tracer.probe import ConnectProbe
 
 pytestmark = [pytest.mark.bpf]
 

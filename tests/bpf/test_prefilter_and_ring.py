@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_probe import collect, connect_unix, run_storm
 
-from tracer import _ringbuf
-from tracer.events import ConnectEvent
-from tracer.probe import ConnectProbe
+from ociresolve.tracer import _ringbuf
+from ociresolve.tracer.events import ConnectEvent
+from ociresolve.tracer.probe import ConnectProbe
 
 bpf = pytest.mark.bpf
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from harness.cgroups import cgroup_mounts
 
-from tracer.errors import TracerUnavailable
-from tracer.events import ConnectEvent
-from tracer.probe import DEFAULT_EXCLUDED_COMMS, DEFAULT_SOCKETS, ConnectProbe
+from ociresolve.tracer.errors import TracerUnavailable
+from ociresolve.tracer.events import ConnectEvent
+from ociresolve.tracer.probe import DEFAULT_EXCLUDED_COMMS, DEFAULT_SOCKETS, ConnectProbe
 
 bpf = pytest.mark.bpf
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer import _environment, _wire
-from tracer.errors import TracerUnavailable
-from tracer.probe import BPF_DIR_ENV, ConnectProbe
+from ociresolve.tracer import _environment, _wire
+from ociresolve.tracer.errors import TracerUnavailable
+from ociresolve.tracer.probe import BPF_DIR_ENV, ConnectProbe
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from deploytree import variants
 
 from ociresolve.daemon.server import DEFAULT_SOCKET
 from ociresolve.hostpaths import _CGROUP2_MOUNTS, DEFAULT_CRI_SOCKETS, DEFAULT_RUNTIME_ROOTS
-from tracer._environment import _TRACEFS_CANDIDATES
+from ociresolve.tracer._environment import _TRACEFS_CANDIDATES
 
 pytestmark = pytest.mark.tools
 

@@ -22,7 +22,8 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 
 class TracerProcess:
-    """``python -m ociresolve trace connect ARGS`` with its stdout read line by line.
+    """``python -m ociresolve trace connect ARGS`` with its stdout read line by line (``python``:
+    another interpreter, such as a fresh virtual environment's, run from ``cwd``).
 
     ``start()`` (or ``with``) waits for the start-up line: from then on the probe is attached.
     ``wait_for(predicate)`` returns the first line not yet consumed that matches; ``stop()``
@@ -31,10 +32,16 @@ class TracerProcess:
     """
 
     def __init__(
-        self, args: Sequence[str], *, on_line: Callable[[str], None] | None = None
+        self,
+        args: Sequence[str],
+        *,
+        on_line: Callable[[str], None] | None = None,
+        python: str = sys.executable,
+        cwd: Path = _ROOT,
     ) -> None:
-        self.command = [sys.executable, "-m", "ociresolve", "trace", "connect", *args]
+        self.command = [python, "-m", "ociresolve", "trace", "connect", *args]
         self.on_line = on_line
+        self.cwd = cwd
         self.lines: list[str] = []  # every line so far
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._process: subprocess.Popen[str] | None = None
@@ -45,7 +52,7 @@ class TracerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._process = subprocess.Popen(
             self.command,
-            cwd=_ROOT,
+            cwd=self.cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -25,8 +25,8 @@ from daemonfakes import (
 from fakehost import FakeHost, Pod, containerd_spec, new_id, wait_until
 
 from ociresolve import ContainerMeta, IndexedContainer, OciresolveError, Resolver
-from ociresolve.daemon import api_pb2, api_pb2_grpc
-from ociresolve.daemon.client import DaemonClient, Watch, WatchKind
+from ociresolve.api import api_pb2, api_pb2_grpc
+from ociresolve.api.client import DaemonClient, Watch, WatchKind
 from ociresolve.daemon.server import ApiServer
 from ociresolve.daemon.service import MAX_BATCH
 from ociresolve.errors import DaemonUnavailable

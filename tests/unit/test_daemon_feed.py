@@ -16,8 +16,8 @@ from ociresolve.daemon.feed import ReporterFeed
 from ociresolve.deprecations.correlate import Connection, Correlator, Identity, Settings
 from ociresolve.deprecations.reporter import Reporter
 from ociresolve.hostpaths import HostPaths
-from tracer.attribution import Attribution
-from tracer.events import ConnectEvent, Kind
+from ociresolve.tracer.attribution import Attribution
+from ociresolve.tracer.events import ConnectEvent, Kind
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -33,8 +33,8 @@ from daemonfakes import (
 from fakehost import FakeHost, new_id
 
 from ociresolve import OciresolveError, Resolver
+from ociresolve.api.client import DaemonClient
 from ociresolve.daemon import server as server_module
-from ociresolve.daemon.client import DaemonClient
 from ociresolve.daemon.server import ApiServer
 from ociresolve.errors import DaemonUnavailable
 from ociresolve.model import Resolution
@@ -244,7 +244,7 @@ def test_a_client_that_stops_reading_a_huge_answer_stalls_nobody(
     server's writes to it wait on flow control; other clients do not."""
     path = sockets / "api.sock"
     with serving(resolver, path) as server:
-        from ociresolve.daemon import api_pb2
+        from ociresolve.api import api_pb2
 
         request = api_pb2.LookupBatchRequest(
             lookups=[api_pb2.LookupRequest(container_id=node.app) for _ in range(4096)]

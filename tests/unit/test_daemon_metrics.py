@@ -18,11 +18,11 @@ from fakecri import FakeCri, container_response, info_map, socket_path
 from fakehost import FakeHost, Pod, containerd_spec, new_id
 
 from ociresolve import OciresolveError, Resolver
+from ociresolve.api.client import DaemonClient
 from ociresolve.cri.client import GrpcCriClient
-from ociresolve.daemon.client import DaemonClient
 from ociresolve.daemon.http import HttpServer, parse_address
 from ociresolve.daemon.metrics import Metrics
-from tracer.counts import Counts
+from ociresolve.tracer.counts import Counts
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from ociresolve.daemon.client import DEFAULT_SOCKET
+from ociresolve.api.client import DEFAULT_SOCKET
 from ociresolve.daemon.options import add_serve_arguments
 
 

@@ -14,7 +14,7 @@ from daemonfakes import APP_PID, Node, make_node, serving, socket_dir
 from fakehost import FakeHost
 
 from ociresolve import OciresolveError, Resolver
-from ociresolve.daemon.client import DaemonClient
+from ociresolve.api.client import DaemonClient
 from ociresolve.daemon.server import ApiServer
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

@@ -30,8 +30,8 @@ from ociresolve.deprecations import (
     containerd_socket,
 )
 from ociresolve.deprecations.client import CONTAINERD_SOCKETS, parse_version
-from ociresolve.deprecations.timefmt import rfc3339_milli, rfc3339_nano
 from ociresolve.hostpaths import DEFAULT_CRI_SOCKETS, HostPaths
+from ociresolve.render import rfc3339_milli, rfc3339_nano
 
 T1 = 1_750_098_090_959_558_222  # 2025-06-16T18:21:30.959558222Z
 T2 = 1_750_098_100_000_000_000  # 2025-06-16T18:21:40Z

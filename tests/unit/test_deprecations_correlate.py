@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ociresolve import render
 from ociresolve.deprecations.client import V1ALPHA2
 from ociresolve.deprecations.correlate import (
     Attribution,
@@ -21,7 +22,6 @@ from ociresolve.deprecations.correlate import (
     Settings,
 )
 from ociresolve.deprecations.lines import client_line, occurrence_line
-from tracer import logfmt
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -463,4 +463,4 @@ def _fields(line: str) -> list[tuple[str, str]]:
 
 
 def test_values_go_through_logfmt() -> None:
-    assert logfmt.value("legacy/collector") == "legacy/collector"
+    assert render.logfmt_value("legacy/collector") == "legacy/collector"

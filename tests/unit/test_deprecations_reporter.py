@@ -17,7 +17,7 @@ from fakeintrospection import V1ALPHA2
 from tracerfakes import parse_logfmt
 
 from ociresolve import Resolver
-from ociresolve.daemon.client import DaemonClient
+from ociresolve.api.client import DaemonClient
 from ociresolve.daemon.server import ApiServer
 from ociresolve.deprecations import Deprecation
 from ociresolve.deprecations.correlate import Connection, Correlator

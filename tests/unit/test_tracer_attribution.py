@@ -18,7 +18,7 @@ from fakehost import (
 from tracerfakes import event
 
 import ociresolve
-from tracer.attribution import HOST, UNRESOLVED, Attribution, Attributor
+from ociresolve.tracer.attribution import HOST, UNRESOLVED, Attribution, Attributor
 
 APP_PID, LATE_PID, HOST_PID, FOREIGN_PID, GONE_PID = 4242, 4343, 1, 6161, 999_999
 

@@ -21,7 +21,7 @@ from fakehost import (
 )
 from tracerfakes import FakeProbeKind, event, parse_logfmt
 
-import tracer.connect
+import ociresolve.tracer.connect
 from ociresolve.cli import main
 
 APP_PID, HOST_PID = 4242, 1
@@ -30,7 +30,7 @@ APP_PID, HOST_PID = 4242, 1
 @pytest.fixture
 def kind(monkeypatch: pytest.MonkeyPatch) -> FakeProbeKind:
     fake = FakeProbeKind()
-    monkeypatch.setattr(tracer.connect, "load_probe", lambda: fake)
+    monkeypatch.setattr(ociresolve.tracer.connect, "load_probe", lambda: fake)
     monkeypatch.setenv("NODE_NAME", "node-7")
     return fake
 
@@ -166,7 +166,8 @@ def test_only_the_trace_command_loads_the_probe() -> None:
         args = _parser().parse_args(["trace", "connect", "--socket", "/x"])
         assert args.sockets == ["/x"], args
         assert main(["list", "--host-root", "/var/empty"]) == 0
-        loaded = [m for m in ("bcc", "tracer.probe", "tracer.connect") if m in sys.modules]
+        heavy = ("bcc", "ociresolve.tracer.probe", "ociresolve.tracer.connect")
+        loaded = [m for m in heavy if m in sys.modules]
         assert not loaded, loaded
         """
     )

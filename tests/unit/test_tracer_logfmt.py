@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tracerfakes import parse_logfmt
 
-from tracer.logfmt import line, value
+from ociresolve.render import logfmt_line as line
+from ociresolve.render import logfmt_value as value
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ import threading
 from tracerfakes import FakeProbe, event
 
 import ociresolve
-from tracer.attribution import Attribution
-from tracer.dedup import Dedup
-from tracer.events import ConnectEvent
-from tracer.loop import TraceLoop
-from tracer.output import JsonOutput, WallClock
+from ociresolve.tracer.attribution import Attribution
+from ociresolve.tracer.dedup import Dedup
+from ociresolve.tracer.events import ConnectEvent
+from ociresolve.tracer.loop import TraceLoop
+from ociresolve.tracer.output import JsonOutput, WallClock
 
 META = ociresolve.ContainerMeta(
     runtime="containerd",

@@ -10,9 +10,9 @@ import pytest
 from tracerfakes import SOCKET, event, parse_logfmt
 
 import ociresolve
-from tracer.attribution import HOST, UNRESOLVED, Attribution
-from tracer.counts import Counts
-from tracer.output import JsonOutput, LogfmtOutput, WallClock
+from ociresolve.tracer.attribution import HOST, UNRESOLVED, Attribution
+from ociresolve.tracer.counts import Counts
+from ociresolve.tracer.output import JsonOutput, LogfmtOutput, WallClock
 
 CONTAINER_ID = "5fd11616a6a9" + "0" * 52
 META = ociresolve.ContainerMeta(

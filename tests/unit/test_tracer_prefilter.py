@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracer import _wire
-from tracer.probe import DEFAULT_SOCKETS, ConnectProbe
+from ociresolve.tracer import _wire
+from ociresolve.tracer.probe import DEFAULT_SOCKETS, ConnectProbe
 
 
 def test_default_sockets_need_the_shortest_path_without_its_nul() -> None:

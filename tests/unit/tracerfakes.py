@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracer.errors import TracerUnavailable
-from tracer.events import ConnectEvent, Family
+from ociresolve.tracer.errors import TracerUnavailable
+from ociresolve.tracer.events import ConnectEvent, Family
 
 SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_SOCKETS = (SOCKET, "/run/k3s/containerd/containerd.sock")

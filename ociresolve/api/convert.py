@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ociresolve.daemon import api_pb2
+from ociresolve.api import api_pb2
 from ociresolve.model import ContainerMeta, ContainerType, IndexedContainer
 
 _TYPES: Final[dict[str, ContainerType]] = {"container": "container", "sandbox": "sandbox"}

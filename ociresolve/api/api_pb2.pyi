@@ -5,7 +5,7 @@ The ociresolve node daemon's local API (`ociresolve serve`), served on a unix so
 (default /run/ociresolve/ociresolve.sock, mode 0600).
 
 Tracers in any language generate a client from this file, e.g. for Go:
-  protoc --go_out=. --go-grpc_out=. ociresolve/daemon/api.proto
+  protoc --go_out=. --go-grpc_out=. ociresolve/api/api.proto
 
 Strings are empty and numbers 0 when unknown. Answers come from the daemon's live index of
 the node's OCI bundles, then the container's bundle on disk, then the runtime's CRI API.

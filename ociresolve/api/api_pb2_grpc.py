@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from ociresolve.daemon import api_pb2 as ociresolve_dot_daemon_dot_api__pb2
+from ociresolve.api import api_pb2 as ociresolve_dot_api_dot_api__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ociresolve/daemon/api_pb2_grpc.py depends on'
+        + ' but the generated code in ociresolve/api/api_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,28 +36,28 @@ class ResolverStub:
         """
         self.Lookup = channel.unary_unary(
                 '/ociresolve.v1.Resolver/Lookup',
-                request_serializer=ociresolve_dot_daemon_dot_api__pb2.LookupRequest.SerializeToString,
-                response_deserializer=ociresolve_dot_daemon_dot_api__pb2.LookupResponse.FromString,
+                request_serializer=ociresolve_dot_api_dot_api__pb2.LookupRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_api_dot_api__pb2.LookupResponse.FromString,
                 _registered_method=True)
         self.LookupBatch = channel.unary_unary(
                 '/ociresolve.v1.Resolver/LookupBatch',
-                request_serializer=ociresolve_dot_daemon_dot_api__pb2.LookupBatchRequest.SerializeToString,
-                response_deserializer=ociresolve_dot_daemon_dot_api__pb2.LookupBatchResponse.FromString,
+                request_serializer=ociresolve_dot_api_dot_api__pb2.LookupBatchRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_api_dot_api__pb2.LookupBatchResponse.FromString,
                 _registered_method=True)
         self.List = channel.unary_unary(
                 '/ociresolve.v1.Resolver/List',
-                request_serializer=ociresolve_dot_daemon_dot_api__pb2.ListRequest.SerializeToString,
-                response_deserializer=ociresolve_dot_daemon_dot_api__pb2.ListResponse.FromString,
+                request_serializer=ociresolve_dot_api_dot_api__pb2.ListRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_api_dot_api__pb2.ListResponse.FromString,
                 _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/ociresolve.v1.Resolver/Watch',
-                request_serializer=ociresolve_dot_daemon_dot_api__pb2.WatchRequest.SerializeToString,
-                response_deserializer=ociresolve_dot_daemon_dot_api__pb2.WatchEvent.FromString,
+                request_serializer=ociresolve_dot_api_dot_api__pb2.WatchRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_api_dot_api__pb2.WatchEvent.FromString,
                 _registered_method=True)
         self.DeprecatedApiClients = channel.unary_unary(
                 '/ociresolve.v1.Resolver/DeprecatedApiClients',
-                request_serializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
-                response_deserializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
+                request_serializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
                 _registered_method=True)
 
 
@@ -106,28 +106,28 @@ def add_ResolverServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Lookup': grpc.unary_unary_rpc_method_handler(
                     servicer.Lookup,
-                    request_deserializer=ociresolve_dot_daemon_dot_api__pb2.LookupRequest.FromString,
-                    response_serializer=ociresolve_dot_daemon_dot_api__pb2.LookupResponse.SerializeToString,
+                    request_deserializer=ociresolve_dot_api_dot_api__pb2.LookupRequest.FromString,
+                    response_serializer=ociresolve_dot_api_dot_api__pb2.LookupResponse.SerializeToString,
             ),
             'LookupBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupBatch,
-                    request_deserializer=ociresolve_dot_daemon_dot_api__pb2.LookupBatchRequest.FromString,
-                    response_serializer=ociresolve_dot_daemon_dot_api__pb2.LookupBatchResponse.SerializeToString,
+                    request_deserializer=ociresolve_dot_api_dot_api__pb2.LookupBatchRequest.FromString,
+                    response_serializer=ociresolve_dot_api_dot_api__pb2.LookupBatchResponse.SerializeToString,
             ),
             'List': grpc.unary_unary_rpc_method_handler(
                     servicer.List,
-                    request_deserializer=ociresolve_dot_daemon_dot_api__pb2.ListRequest.FromString,
-                    response_serializer=ociresolve_dot_daemon_dot_api__pb2.ListResponse.SerializeToString,
+                    request_deserializer=ociresolve_dot_api_dot_api__pb2.ListRequest.FromString,
+                    response_serializer=ociresolve_dot_api_dot_api__pb2.ListResponse.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=ociresolve_dot_daemon_dot_api__pb2.WatchRequest.FromString,
-                    response_serializer=ociresolve_dot_daemon_dot_api__pb2.WatchEvent.SerializeToString,
+                    request_deserializer=ociresolve_dot_api_dot_api__pb2.WatchRequest.FromString,
+                    response_serializer=ociresolve_dot_api_dot_api__pb2.WatchEvent.SerializeToString,
             ),
             'DeprecatedApiClients': grpc.unary_unary_rpc_method_handler(
                     servicer.DeprecatedApiClients,
-                    request_deserializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsRequest.FromString,
-                    response_serializer=ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsResponse.SerializeToString,
+                    request_deserializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.FromString,
+                    response_serializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -155,8 +155,8 @@ class Resolver:
             request,
             target,
             '/ociresolve.v1.Resolver/Lookup',
-            ociresolve_dot_daemon_dot_api__pb2.LookupRequest.SerializeToString,
-            ociresolve_dot_daemon_dot_api__pb2.LookupResponse.FromString,
+            ociresolve_dot_api_dot_api__pb2.LookupRequest.SerializeToString,
+            ociresolve_dot_api_dot_api__pb2.LookupResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -182,8 +182,8 @@ class Resolver:
             request,
             target,
             '/ociresolve.v1.Resolver/LookupBatch',
-            ociresolve_dot_daemon_dot_api__pb2.LookupBatchRequest.SerializeToString,
-            ociresolve_dot_daemon_dot_api__pb2.LookupBatchResponse.FromString,
+            ociresolve_dot_api_dot_api__pb2.LookupBatchRequest.SerializeToString,
+            ociresolve_dot_api_dot_api__pb2.LookupBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -209,8 +209,8 @@ class Resolver:
             request,
             target,
             '/ociresolve.v1.Resolver/List',
-            ociresolve_dot_daemon_dot_api__pb2.ListRequest.SerializeToString,
-            ociresolve_dot_daemon_dot_api__pb2.ListResponse.FromString,
+            ociresolve_dot_api_dot_api__pb2.ListRequest.SerializeToString,
+            ociresolve_dot_api_dot_api__pb2.ListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -236,8 +236,8 @@ class Resolver:
             request,
             target,
             '/ociresolve.v1.Resolver/Watch',
-            ociresolve_dot_daemon_dot_api__pb2.WatchRequest.SerializeToString,
-            ociresolve_dot_daemon_dot_api__pb2.WatchEvent.FromString,
+            ociresolve_dot_api_dot_api__pb2.WatchRequest.SerializeToString,
+            ociresolve_dot_api_dot_api__pb2.WatchEvent.FromString,
             options,
             channel_credentials,
             insecure,
@@ -263,8 +263,8 @@ class Resolver:
             request,
             target,
             '/ociresolve.v1.Resolver/DeprecatedApiClients',
-            ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
-            ociresolve_dot_daemon_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
+            ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
+            ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -17,7 +17,7 @@ from ociresolve.errors import DaemonUnavailable, OciresolveError
 from ociresolve.model import IndexedContainer, Step
 
 if TYPE_CHECKING:
-    from ociresolve.daemon import api_pb2, api_pb2_grpc
+    from ociresolve.api import api_pb2, api_pb2_grpc
 
 DEFAULT_SOCKET: Final = "/run/ociresolve/ociresolve.sock"
 SOCKET_ENV: Final = "OCIRESOLVE_SOCKET"
@@ -97,22 +97,22 @@ class DaemonClient:
 
     def lookup_batch(self, keys: Sequence[Key]) -> list[LookupResult]:
         """Up to 4096 lookups in one call, answered in order."""
-        from ociresolve.daemon import api_pb2
+        from ociresolve.api import api_pb2
 
         request = api_pb2.LookupBatchRequest(lookups=[_request(k, False) for k in keys])
         reply = self._call(lambda stub: stub.LookupBatch(request, **self._kw))
         return [_result(one) for one in reply.results]
 
     def containers(self) -> list[IndexedContainer]:
-        from ociresolve.daemon import api_pb2
-        from ociresolve.daemon.convert import to_record
+        from ociresolve.api import api_pb2
+        from ociresolve.api.convert import to_record
 
         reply = self._call(lambda stub: stub.List(api_pb2.ListRequest(), **self._kw))
         return [to_record(message) for message in reply.containers]
 
     def deprecated_api_clients(self) -> api_pb2.DeprecatedApiClientsResponse:
         """What ``serve --report-deprecations`` attributed so far (the message as it is)."""
-        from ociresolve.daemon import api_pb2
+        from ociresolve.api import api_pb2
 
         request = api_pb2.DeprecatedApiClientsRequest()
         reply: api_pb2.DeprecatedApiClientsResponse = self._call(
@@ -126,7 +126,7 @@ class DaemonClient:
         Iterate the returned ``Watch``; ``cancel()`` it (from any thread) to stop. Iterating
         raises ``DaemonUnavailable`` when the daemon goes away: watch again to resume.
         """
-        from ociresolve.daemon import api_pb2
+        from ociresolve.api import api_pb2
 
         stub = self._stub_or_connect()
         # No deadline on the stream itself: the connection is kept alive by pings.
@@ -146,7 +146,7 @@ class DaemonClient:
                     raise DaemonUnavailable(self.socket, "no such socket (is it running?)")
                 import grpc
 
-                from ociresolve.daemon import api_pb2_grpc
+                from ociresolve.api import api_pb2_grpc
 
                 self._channel = grpc.insecure_channel(
                     f"unix:{self.socket}",
@@ -185,7 +185,7 @@ class Watch:
     def __iter__(self) -> Iterator[tuple[WatchKind, IndexedContainer | None]]:
         import grpc
 
-        from ociresolve.daemon.convert import to_record
+        from ociresolve.api.convert import to_record
 
         try:
             for event in self._call:
@@ -205,7 +205,7 @@ class Watch:
 
 
 def _request(key: Key, explain: bool) -> api_pb2.LookupRequest:
-    from ociresolve.daemon import api_pb2
+    from ociresolve.api import api_pb2
 
     kind, value = key
     if kind == "container_id":
@@ -218,7 +218,7 @@ def _request(key: Key, explain: bool) -> api_pb2.LookupRequest:
 
 
 def _result(reply: api_pb2.LookupResponse) -> LookupResult:
-    from ociresolve.daemon.convert import to_record
+    from ociresolve.api.convert import to_record
 
     status = _STATUS.get(reply.status, "error")
     return LookupResult(

@@ -5,7 +5,7 @@ The ociresolve node daemon's local API (`ociresolve serve`), served on a unix so
 (default /run/ociresolve/ociresolve.sock, mode 0600).
 
 Tracers in any language generate a client from this file, e.g. for Go:
-  protoc --go_out=. --go-grpc_out=. ociresolve/daemon/api.proto
+  protoc --go_out=. --go-grpc_out=. ociresolve/api/api.proto
 
 Strings are empty and numbers 0 when unknown. Answers come from the daemon's live index of
 the node's OCI bundles, then the container's bundle on disk, then the runtime's CRI API.
@@ -13,7 +13,7 @@ the node's OCI bundles, then the container's bundle on disk, then the runtime's 
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from ociresolve.daemon import api_pb2 as _api_pb2
+from ociresolve.api import api_pb2 as _api_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

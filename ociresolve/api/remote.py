@@ -18,7 +18,7 @@ from collections import deque
 from types import TracebackType
 from typing import Final
 
-from ociresolve.daemon.client import DaemonClient, Key, LookupResult, Watch
+from ociresolve.api.client import DaemonClient, Key, LookupResult, Watch
 from ociresolve.errors import DaemonUnavailable, OciresolveError
 from ociresolve.model import CgroupRef, ContainerMeta, IndexedContainer, Resolution, Source
 from ociresolve.resolver import Resolver
