@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import ociresolve
 from ociresolve.tracer import _environment, _wire
 from ociresolve.tracer.errors import TracerUnavailable
 from ociresolve.tracer.probe import BPF_DIR_ENV, ConnectProbe
@@ -70,7 +71,11 @@ def test_decoder_reads_the_c_layout() -> None:
 
 
 def test_source_path_default_and_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ConnectProbe().source_path == Path(__file__).resolve().parents[2] / "bpf/connect.bpf.c"
+    monkeypatch.delenv(BPF_DIR_ENV, raising=False)
+    default = ConnectProbe().source_path
+    # The package's own copy (package data in a wheel), which in a checkout is the repository's.
+    assert default == Path(ociresolve.__file__).parent / "bpf" / "connect.bpf.c"
+    assert default.resolve() == Path(__file__).resolve().parents[2] / "bpf" / "connect.bpf.c"
     monkeypatch.setenv(BPF_DIR_ENV, str(tmp_path))
     assert ConnectProbe().source_path == tmp_path / "connect.bpf.c"
 
