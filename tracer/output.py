@@ -3,20 +3,16 @@
 ``LogfmtOutput`` writes the original containerd socket tracer's fields (``time``, ``level``,
 ``msg``, ``node``, ``pod``, ``container``, ``comm``, ``pid``, ``container_id``) plus ``family``,
 ``address`` and ``source``; ``JsonOutput`` writes one JSON object per line. Every line is
-flushed as it is written. Untrusted values cannot forge a line or a field: logfmt values are
-escaped by ``tracer.logfmt``, JSON by construction (with non-ASCII text as ``\\u`` escapes, so
-not even a U+2028 reaches a reader that splits lines on it).
+flushed as it is written. Untrusted values cannot forge a line or a field: every line is
+rendered by ``ociresolve.render`` (logfmt values escaped; JSON in printable ASCII, every other
+character a ``\\u`` escape, so not even a U+2028 reaches a reader that splits lines on it).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Final, TextIO
-
-import msgspec
 
 from ociresolve import render
 from ociresolve.tracer.attribution import Attribution
@@ -28,11 +24,7 @@ STARTED_MSG: Final = "containerd socket tracer started"
 SUMMARY_MSG: Final = "containerd socket tracer summary"
 STOPPED_MSG: Final = "containerd socket tracer stopped"
 
-SHORT_ID: Final = 12
-
 Setting = tuple[str, str | int | float | bool | Sequence[str] | None]
-
-_encode = msgspec.json.Encoder().encode
 
 
 class WallClock:
@@ -47,13 +39,7 @@ class WallClock:
         return time.monotonic_ns()
 
     def text(self, monotonic_ns: int) -> str:
-        seconds, nanoseconds = divmod(monotonic_ns + self.offset_ns, 1_000_000_000)
-        wall = datetime.fromtimestamp(seconds, UTC)
-        return wall.strftime("%Y-%m-%dT%H:%M:%S.") + f"{nanoseconds // 1_000_000:03d}Z"
-
-
-def _short(container_id: str | None) -> str | None:
-    return container_id[:SHORT_ID] if container_id else None
+        return render.rfc3339_milli(monotonic_ns + self.offset_ns)
 
 
 class _Output:
@@ -101,7 +87,7 @@ class LogfmtOutput(_Output):
                     ("container", container),
                     ("comm", event.comm),
                     ("pid", event.tgid),
-                    ("container_id", _short(who.container_id)),
+                    ("container_id", render.short_id(who.container_id)),
                     ("family", event.family),
                     ("address", event.address),
                     ("source", who.source),
@@ -133,12 +119,12 @@ class JsonOutput(_Output):
             "node": self.node,
         }
         row.update((key, _setting_value(item)) for key, item in settings)
-        self._write(_json(row))
+        self._write(render.json_line(row))
 
     def connection(self, event: ConnectEvent, who: Attribution) -> None:
         meta = who.meta
         self._write(
-            _json(
+            render.json_line(
                 {
                     "time": self.clock.text(event.time_ns),
                     "msg": CONNECTION_MSG,
@@ -146,7 +132,7 @@ class JsonOutput(_Output):
                     "pod_namespace": meta.pod_namespace if meta else None,
                     "pod_name": meta.pod_name if meta else None,
                     "container": meta.container_name if meta else None,
-                    "container_id": _short(who.container_id),
+                    "container_id": render.short_id(who.container_id),
                     "comm": event.comm,
                     "pid": event.tgid,
                     "family": event.family,
@@ -163,7 +149,7 @@ class JsonOutput(_Output):
             "node": self.node,
         }
         row.update(_count_fields(counts))
-        self._write(_json(row))
+        self._write(render.json_line(row))
 
 
 Output = LogfmtOutput | JsonOutput
@@ -185,29 +171,9 @@ def _setting_value(item: str | int | float | bool | Sequence[str] | None) -> obj
     return item if item is None or isinstance(item, str | int | float) else list(item)
 
 
-def _setting_text(item: str | int | float | bool | Sequence[str] | None) -> str | None:
-    if item is None:
-        return None
-    if isinstance(item, bool):
-        return "true" if item else "false"
-    if isinstance(item, (list, tuple)):
+def _setting_text(item: str | int | float | bool | Sequence[str] | None) -> object:
+    if isinstance(item, list | tuple):
         return ",".join(item)
     if isinstance(item, float):
         return f"{item:g}"
-    return str(item)
-
-
-def _ascii(item: object) -> bool:
-    if isinstance(item, str):
-        return item.isascii()
-    if isinstance(item, list):
-        return all(_ascii(i) for i in item)
-    return True
-
-
-def _json(row: dict[str, object]) -> str:
-    """One JSON object; plain ASCII through msgspec, anything else with every non-ASCII
-    character escaped (unpaired surrogates from undecodable bytes included)."""
-    if all(_ascii(v) for v in row.values()):
-        return _encode(row).decode()
-    return json.dumps(row, ensure_ascii=True, separators=(",", ":"))
+    return item

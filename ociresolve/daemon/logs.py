@@ -1,30 +1,26 @@
 """The daemon's own log lines: logfmt (default) or JSON, one line per record, on stderr.
 
-``time`` (RFC 3339, UTC), ``level``, ``msg``, then the record's fields: every value is escaped
-so that nothing a container names (a pod name, a path) can forge a line or a field.
+``time`` (RFC 3339, UTC, milliseconds), ``level``, ``msg``, then the record's fields: every
+value is escaped by ``ociresolve.render`` so that nothing a container names (a pod name, a
+path) can forge a line or a field.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Final, Literal, TextIO
 
-import msgspec
-
-from ociresolve.render import logfmt_line
+from ociresolve.render import json_line, logfmt_line, rfc3339_milli
 
 Format = Literal["logfmt", "json"]
 LEVELS: Final = ("debug", "info", "warning", "error")
 
-_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)  # a Path, an exception: as text
 
-
-def _timestamp(created: float) -> str:
+def _time_ns(created: float) -> int:
+    """``LogRecord.created`` (float seconds) truncated to the millisecond, in nanoseconds."""
     seconds = int(created)
-    millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    return (seconds * 1000 + int((created - seconds) * 1000)) * 1_000_000
 
 
 class _Formatter(logging.Formatter):
@@ -35,7 +31,7 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields: list[tuple[str, object]] = [
-            ("time", _timestamp(record.created)),
+            ("time", rfc3339_milli(_time_ns(record.created))),
             ("level", record.levelname.lower()),
             ("msg", record.getMessage()),
             ("logger", record.name),
@@ -47,7 +43,7 @@ class _Formatter(logging.Formatter):
         if record.exc_info:
             fields.append(("error", self.formatException(record.exc_info)))
         if self.output == "json":
-            return _ENCODER.encode({k: v for k, v in fields if v is not None}).decode()
+            return json_line({k: v for k, v in fields if v is not None})
         return logfmt_line(fields)
 
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final, Literal
 
-import msgspec
-
 from ociresolve.deprecations.client import V1ALPHA2
 from ociresolve.deprecations.correlate import Attribution
-from ociresolve.render import logfmt_line, rfc3339_milli, rfc3339_nano
+from ociresolve.render import json_line, logfmt_line, rfc3339_milli, rfc3339_nano
 
 OCCURRENCE_MSG: Final = "found deprecation warning"
 # The original reporter's words for the CRI v1alpha2 warning, kept so that its readers still
@@ -25,18 +23,11 @@ Format = Literal["logfmt", "json"]
 
 
 def render(fields: Fields, output: Format = "logfmt") -> str:
-    """One line: logfmt (``true``, a confidence with two decimals) or a JSON object."""
+    """One line: logfmt (a confidence with two decimals, as the original reporter wrote it) or
+    a JSON object (the number as it is)."""
     if output == "json":
-        return msgspec.json.encode({k: v for k, v in fields if v is not None}).decode()
-    return logfmt_line((key, _text(value)) for key, value in fields)
-
-
-def _text(value: object) -> object:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return value
+        return json_line({k: v for k, v in fields if v is not None})
+    return logfmt_line((k, f"{v:.2f}" if isinstance(v, float) else v) for k, v in fields)
 
 
 # -- log lines ---------------------------------------------------------------------------------

@@ -80,6 +80,22 @@ def test_json_line(stream: io.StringIO) -> None:
     assert record["level"] == "info" and record["msg"] == "ready"
 
 
+def test_time_is_truncated_to_the_millisecond(stream: io.StringIO) -> None:
+    logs.configure("logfmt", stream=stream)
+    handler = logging.getLogger().handlers[0]
+    record = logging.makeLogRecord({"msg": "m", "created": 1_750_097_970.123_999})
+    assert handler.format(record).startswith("time=2025-06-16T18:19:30.123Z ")
+    record = logging.makeLogRecord({"msg": "m", "created": -61_000_000_000.5})
+    assert handler.format(record).startswith("time=0036-12-26T11:33:19.500Z ")
+
+
+def test_booleans_are_lower_case(stream: io.StringIO) -> None:
+    logs.configure("logfmt", stream=stream)
+    logging.getLogger("x").info("m", extra=logs.fields(on=True, off=False))
+    (line,) = lines(stream)
+    assert dict(parse_logfmt(line))["on"] == "true" and dict(parse_logfmt(line))["off"] == "false"
+
+
 def test_no_node_no_field(stream: io.StringIO) -> None:
     logs.configure("logfmt", stream=stream)
     logging.getLogger("x").info("hello")

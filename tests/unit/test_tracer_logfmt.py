@@ -48,6 +48,10 @@ def test_none_is_left_out_and_numbers_are_bare() -> None:
     assert line([("a", None), ("pid", 42), ("b", "x")]) == "pid=42 b=x"
 
 
+def test_booleans_are_lower_case_as_in_json() -> None:
+    assert line([("existing", True), ("final", False)]) == "existing=true final=false"
+
+
 @given(st.text(), st.text())
 def test_any_text_reads_back_as_itself(first: str, second: str) -> None:
     written = line([("comm", first), ("pod", second), ("pid", 1)])

@@ -185,3 +185,14 @@ def test_wall_clock_follows_the_monotonic_clock() -> None:
     assert clock.text(clock.now_ns())[:4].isdigit()
     assert CLOCK.text(1_000_000_000 + 999_999) == "2025-06-16T18:19:30.123Z"
     assert CLOCK.text(1_001_000_000) == "2025-06-16T18:19:30.124Z"
+    # Four digits of year, as RFC 3339 wants (strftime's %Y has no leading zeros on glibc).
+    assert WallClock(offset_ns=-61_000_000_000 * 10**9).text(0) == "0036-12-26T11:33:20.000Z"
+
+
+def test_an_empty_container_id_is_no_container_id() -> None:
+    out = io.StringIO()
+    LogfmtOutput(out, "node-1", CLOCK).connection(event(), Attribution(None, "unresolved", ""))
+    JsonOutput(out, "node-1", CLOCK).connection(event(), Attribution(None, "unresolved", ""))
+    logfmt, json_text = out.getvalue().splitlines()
+    assert "container_id" not in dict(parse_logfmt(logfmt))
+    assert json.loads(json_text)["container_id"] is None
