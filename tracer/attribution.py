@@ -6,7 +6,7 @@ Only the public ``ociresolve`` API is used.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 import ociresolve
 from ociresolve.tracer.events import ConnectEvent
@@ -39,22 +39,11 @@ ROOT_CGROUP_ID = 1
 _HOST_CGROUPS_MAX = 4096
 
 
-class Resolving(Protocol):
-    """What attribution needs: an ``ociresolve.Resolver``, or a ``RemoteResolver`` that asks
-    the node's daemon."""
-
-    def lookup_cgroup_id(self, cgroup_id: int) -> ociresolve.ContainerMeta | None: ...
-
-    def resolve_pid(self, pid: int) -> ociresolve.Resolution | None: ...
-
-    def cgroup_of(self, pid: int) -> ociresolve.CgroupRef | None: ...
-
-
 class Attributor:
-    """Resolves events to containers with a started ``ociresolve.Resolver`` (or any
-    ``Resolving``)."""
+    """Resolves events to containers with a started ``ociresolve.Resolver``, or any
+    ``ociresolve.Resolving`` (a ``RemoteResolver`` that asks the node's daemon)."""
 
-    def __init__(self, resolver: Resolving) -> None:
+    def __init__(self, resolver: ociresolve.Resolving) -> None:
         self._resolver = resolver
         # Cgroup ids of live host processes seen so far (cgroup v2 ids are not reused), so a
         # host process that exits before its event is read is still known as host.

@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Final, Protocol, TextIO
 
 import ociresolve
-from ociresolve.tracer.attribution import Attributor, Resolving
+from ociresolve.tracer.attribution import Attributor
 from ociresolve.tracer.counts import Counts
 from ociresolve.tracer.dedup import Dedup
 from ociresolve.tracer.errors import TracerUnavailable
@@ -142,7 +142,7 @@ class ConnectTracer:
 
     def run(
         self,
-        resolver: Resolving,
+        resolver: ociresolve.Resolving,
         stop: threading.Event,
         *,
         observer: Observer | None = None,

@@ -20,8 +20,9 @@ from typing import Final
 
 from ociresolve.api.client import DaemonClient, Key, LookupResult, Watch
 from ociresolve.errors import DaemonUnavailable, OciresolveError
+from ociresolve.hostpaths import HostPaths
 from ociresolve.model import CgroupRef, ContainerMeta, IndexedContainer, Resolution, Source
-from ociresolve.resolver import Resolver
+from ociresolve.proc import read_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class RemoteResolver:
     ) -> None:
         self.client = DaemonClient(socket, timeout=timeout)
         self.grace_period = grace_period
-        self._local = Resolver(host_root=host_root, runtime_roots=(), cri=False)
+        self._paths = HostPaths(host_root, runtime_roots=())  # only /proc is read here
         self._records: dict[str, IndexedContainer] = {}
         self._by_cgroup: dict[int, ContainerMeta] = {}
         self._removed: deque[tuple[float, str]] = deque()
@@ -128,7 +129,11 @@ class RemoteResolver:
         return None if ref is None else self.resolve_container(ref.container_id)
 
     def cgroup_of(self, pid: int) -> CgroupRef | None:
-        return self._local.cgroup_of(pid)
+        """What the live cgroup of ``pid`` says (read here, not asked of the daemon).
+
+        Raises ``ProcessNotFound`` when there is no such process.
+        """
+        return read_cgroup(self._paths, pid)
 
     def container(self, container_id: str) -> IndexedContainer | None:
         return self._records.get(container_id)
