@@ -7,6 +7,10 @@ The ociresolve node daemon's local API (`ociresolve serve`), served on a unix so
 Tracers in any language generate a client from this file, e.g. for Go:
   protoc --go_out=. --go-grpc_out=. ociresolve/api/api.proto
 
+Two services: Resolver, always served, and Deprecations, served only by a daemon that
+reports deprecations (`--report-deprecations`); another daemon answers its calls with
+UNIMPLEMENTED.
+
 Strings are empty and numbers 0 when unknown. Answers come from the daemon's live index of
 the node's OCI bundles, then the container's bundle on disk, then the runtime's CRI API.
 """
@@ -379,7 +383,9 @@ class DeprecatedApiClientsResponse(_message.Message):
     CORRELATING_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
     reporting: _builtins.bool
-    """False when the daemon does not report deprecations (no --report-deprecations)."""
+    """True: the daemon reports deprecations. (One that does not, does not serve Deprecations:
+    its UNIMPLEMENTED is the "no"; ociresolve's own client reads it as reporting = false.)
+    """
     correlating: _builtins.bool
     """False when no tracer feeds the reporter connections: nothing can be attributed."""
     @_builtins.property

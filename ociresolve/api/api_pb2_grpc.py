@@ -54,11 +54,6 @@ class ResolverStub:
                 request_serializer=ociresolve_dot_api_dot_api__pb2.WatchRequest.SerializeToString,
                 response_deserializer=ociresolve_dot_api_dot_api__pb2.WatchEvent.FromString,
                 _registered_method=True)
-        self.DeprecatedApiClients = channel.unary_unary(
-                '/ociresolve.v1.Resolver/DeprecatedApiClients',
-                request_serializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
-                response_deserializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
-                _registered_method=True)
 
 
 class ResolverServicer:
@@ -93,14 +88,6 @@ class ResolverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def DeprecatedApiClients(self, request, context):
-        """The clients of deprecated containerd APIs found so far, most confident first
-        (`ociresolve serve --report-deprecations --trace-connect`).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_ResolverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,11 +110,6 @@ def add_ResolverServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=ociresolve_dot_api_dot_api__pb2.WatchRequest.FromString,
                     response_serializer=ociresolve_dot_api_dot_api__pb2.WatchEvent.SerializeToString,
-            ),
-            'DeprecatedApiClients': grpc.unary_unary_rpc_method_handler(
-                    servicer.DeprecatedApiClients,
-                    request_deserializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.FromString,
-                    response_serializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -248,6 +230,62 @@ class Resolver:
             metadata,
             _registered_method=True)
 
+
+class DeprecationsStub:
+    """What `ociresolve serve --report-deprecations` finds: which clients call containerd's
+    deprecated APIs. Served only while the daemon reports them: another daemon answers
+    UNIMPLEMENTED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.DeprecatedApiClients = channel.unary_unary(
+                '/ociresolve.v1.Deprecations/DeprecatedApiClients',
+                request_serializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
+                response_deserializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
+                _registered_method=True)
+
+
+class DeprecationsServicer:
+    """What `ociresolve serve --report-deprecations` finds: which clients call containerd's
+    deprecated APIs. Served only while the daemon reports them: another daemon answers
+    UNIMPLEMENTED.
+    """
+
+    def DeprecatedApiClients(self, request, context):
+        """The clients of deprecated containerd APIs found so far, most confident first. Clients are
+        attributed only when a tracer feeds the reporter connections (`--trace-connect` too).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_DeprecationsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'DeprecatedApiClients': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeprecatedApiClients,
+                    request_deserializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.FromString,
+                    response_serializer=ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ociresolve.v1.Deprecations', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ociresolve.v1.Deprecations', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Deprecations:
+    """What `ociresolve serve --report-deprecations` finds: which clients call containerd's
+    deprecated APIs. Served only while the daemon reports them: another daemon answers
+    UNIMPLEMENTED.
+    """
+
     @staticmethod
     def DeprecatedApiClients(request,
             target,
@@ -262,7 +300,7 @@ class Resolver:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/ociresolve.v1.Resolver/DeprecatedApiClients',
+            '/ociresolve.v1.Deprecations/DeprecatedApiClients',
             ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsRequest.SerializeToString,
             ociresolve_dot_api_dot_api__pb2.DeprecatedApiClientsResponse.FromString,
             options,

@@ -7,6 +7,10 @@ The ociresolve node daemon's local API (`ociresolve serve`), served on a unix so
 Tracers in any language generate a client from this file, e.g. for Go:
   protoc --go_out=. --go-grpc_out=. ociresolve/api/api.proto
 
+Two services: Resolver, always served, and Deprecations, served only by a daemon that
+reports deprecations (`--report-deprecations`); another daemon answers its calls with
+UNIMPLEMENTED.
+
 Strings are empty and numbers 0 when unknown. Answers come from the daemon's live index of
 the node's OCI bundles, then the container's bundle on disk, then the runtime's CRI API.
 """
@@ -49,10 +53,6 @@ class ResolverStub:
     """The current set (ADDED events, then one SYNCED), then every change as it happens. A
     client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
     """
-    DeprecatedApiClients: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeprecatedApiClientsRequest, _api_pb2.DeprecatedApiClientsResponse]
-    """The clients of deprecated containerd APIs found so far, most confident first
-    (`ociresolve serve --report-deprecations --trace-connect`).
-    """
 
 @_typing.type_check_only
 class ResolverAsyncStub(ResolverStub):
@@ -66,10 +66,6 @@ class ResolverAsyncStub(ResolverStub):
     Watch: _aio.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchEvent]  # type: ignore[assignment]
     """The current set (ADDED events, then one SYNCED), then every change as it happens. A
     client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
-    """
-    DeprecatedApiClients: _aio.UnaryUnaryMultiCallable[_api_pb2.DeprecatedApiClientsRequest, _api_pb2.DeprecatedApiClientsResponse]  # type: ignore[assignment]
-    """The clients of deprecated containerd APIs found so far, most confident first
-    (`ociresolve serve --report-deprecations --trace-connect`).
     """
 
 class ResolverServicer(metaclass=_abc_1.ABCMeta):
@@ -107,14 +103,50 @@ class ResolverServicer(metaclass=_abc_1.ABCMeta):
         client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
         """
 
+def add_ResolverServicer_to_server(servicer: ResolverServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class DeprecationsStub:
+    """What `ociresolve serve --report-deprecations` finds: which clients call containerd's
+    deprecated APIs. Served only while the daemon reports them: another daemon answers
+    UNIMPLEMENTED.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> DeprecationsAsyncStub: ...
+    DeprecatedApiClients: _grpc.UnaryUnaryMultiCallable[_api_pb2.DeprecatedApiClientsRequest, _api_pb2.DeprecatedApiClientsResponse]
+    """The clients of deprecated containerd APIs found so far, most confident first. Clients are
+    attributed only when a tracer feeds the reporter connections (`--trace-connect` too).
+    """
+
+@_typing.type_check_only
+class DeprecationsAsyncStub(DeprecationsStub):
+    """What `ociresolve serve --report-deprecations` finds: which clients call containerd's
+    deprecated APIs. Served only while the daemon reports them: another daemon answers
+    UNIMPLEMENTED.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    DeprecatedApiClients: _aio.UnaryUnaryMultiCallable[_api_pb2.DeprecatedApiClientsRequest, _api_pb2.DeprecatedApiClientsResponse]  # type: ignore[assignment]
+    """The clients of deprecated containerd APIs found so far, most confident first. Clients are
+    attributed only when a tracer feeds the reporter connections (`--trace-connect` too).
+    """
+
+class DeprecationsServicer(metaclass=_abc_1.ABCMeta):
+    """What `ociresolve serve --report-deprecations` finds: which clients call containerd's
+    deprecated APIs. Served only while the daemon reports them: another daemon answers
+    UNIMPLEMENTED.
+    """
+
     @_abc_1.abstractmethod
     def DeprecatedApiClients(
         self,
         request: _api_pb2.DeprecatedApiClientsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_api_pb2.DeprecatedApiClientsResponse, _abc.Awaitable[_api_pb2.DeprecatedApiClientsResponse]]:
-        """The clients of deprecated containerd APIs found so far, most confident first
-        (`ociresolve serve --report-deprecations --trace-connect`).
+        """The clients of deprecated containerd APIs found so far, most confident first. Clients are
+        attributed only when a tracer feeds the reporter connections (`--trace-connect` too).
         """
 
-def add_ResolverServicer_to_server(servicer: ResolverServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_DeprecationsServicer_to_server(servicer: DeprecationsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

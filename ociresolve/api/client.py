@@ -1,28 +1,42 @@
-"""A client of the daemon's API (``ociresolve.v1.Resolver``), blocking, every call with a
-deadline; and the daemon's socket path from the environment.
+"""A client of the daemon's API (``ociresolve.v1.Resolver`` and ``ociresolve.v1.Deprecations``),
+blocking, every call with a deadline; and the daemon's socket path from the environment.
 
-grpc is imported by the first call, not by importing this module.
+grpc is imported by the first call, not by importing this module (a ``UnixChannel``).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
+from ociresolve.channel import UNREACHABLE, Failure, Stream, UnixChannel
 from ociresolve.errors import DaemonUnavailable, OciresolveError
 from ociresolve.model import IndexedContainer, Step
 
 if TYPE_CHECKING:
-    from ociresolve.api import api_pb2, api_pb2_grpc
+    from ociresolve.api import api_pb2
 
 DEFAULT_SOCKET: Final = "/run/ociresolve/ociresolve.sock"
 SOCKET_ENV: Final = "OCIRESOLVE_SOCKET"
 DEFAULT_TIMEOUT: Final = 1.0
+# As much as the daemon sends at most: the List of a very large node.
 _MAX_MESSAGE: Final = 256 * 1024 * 1024
+# Watch streams have no deadline: pings find a daemon that hangs.
+_KEEPALIVE_MS: Final = 30_000
+_OPTIONS: Final = (
+    # No transparent retries (nor the buffering of each call they need): a lookup that fails
+    # is the caller's to retry.
+    ("grpc.enable_retries", 0),
+    # gRPC's minimum connect timeout despite the name (20 s by default): a stalled attempt on
+    # the daemon's socket is given up as soon as the backoff allows. This client's only: a
+    # busy runtime may well take longer to accept.
+    ("grpc.min_reconnect_backoff_ms", 100),
+)
+_RESOLVER: Final = "/ociresolve.v1.Resolver/"
+_DEPRECATIONS: Final = "/ociresolve.v1.Deprecations/"
 
 Status = Literal["found", "host", "not_found", "no_such_process", "error"]
 WatchKind = Literal["added", "updated", "removed", "synced"]
@@ -31,7 +45,6 @@ Key = tuple[Literal["pid", "cgroup_id", "container_id"], int | str]
 
 _STATUS: Final[dict[int, Status]] = {1: "found", 2: "host", 3: "not_found", 4: "no_such_process"}
 _KINDS: Final[dict[int, WatchKind]] = {1: "added", 2: "updated", 3: "removed", 4: "synced"}
-_UNAVAILABLE: Final = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 
 
 def daemon_socket(path: str | None = None) -> str:
@@ -62,15 +75,17 @@ class DaemonClient:
     def __init__(self, socket: str | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.socket = daemon_socket(socket)
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._channel: Any = None
-        self._stub: api_pb2_grpc.ResolverStub | None = None
+        self._channel = UnixChannel(
+            self.socket,
+            self._error,
+            max_receive=_MAX_MESSAGE,
+            keepalive_ms=_KEEPALIVE_MS,
+            options=_OPTIONS,
+            before_open=self._check_socket,
+        )
 
     def close(self) -> None:
-        with self._lock:
-            channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
-            channel.close()
+        self._channel.close()
 
     def __enter__(self) -> DaemonClient:
         return self
@@ -81,9 +96,14 @@ class DaemonClient:
     # -- calls ---------------------------------------------------------------------------------
 
     def lookup(self, key: Key, *, explain: bool = False) -> LookupResult:
+        from ociresolve.api import api_pb2
 
-        request = _request(key, explain)
-        reply: api_pb2.LookupResponse = self._call(lambda stub: stub.Lookup(request, **self._kw))
+        reply = self._channel.call(
+            _RESOLVER + "Lookup",
+            _request(key, explain),
+            api_pb2.LookupResponse,
+            timeout=self.timeout,
+        )
         return _result(reply)
 
     def lookup_pid(self, pid: int, *, explain: bool = False) -> LookupResult:
@@ -99,26 +119,39 @@ class DaemonClient:
         """Up to 4096 lookups in one call, answered in order."""
         from ociresolve.api import api_pb2
 
-        request = api_pb2.LookupBatchRequest(lookups=[_request(k, False) for k in keys])
-        reply = self._call(lambda stub: stub.LookupBatch(request, **self._kw))
+        reply = self._channel.call(
+            _RESOLVER + "LookupBatch",
+            api_pb2.LookupBatchRequest(lookups=[_request(k, False) for k in keys]),
+            api_pb2.LookupBatchResponse,
+            timeout=self.timeout,
+        )
         return [_result(one) for one in reply.results]
 
     def containers(self) -> list[IndexedContainer]:
         from ociresolve.api import api_pb2
         from ociresolve.api.convert import to_record
 
-        reply = self._call(lambda stub: stub.List(api_pb2.ListRequest(), **self._kw))
+        reply = self._channel.call(
+            _RESOLVER + "List", api_pb2.ListRequest(), api_pb2.ListResponse, timeout=self.timeout
+        )
         return [to_record(message) for message in reply.containers]
 
     def deprecated_api_clients(self) -> api_pb2.DeprecatedApiClientsResponse:
-        """What ``serve --report-deprecations`` attributed so far (the message as it is)."""
+        """What ``serve --report-deprecations`` attributed so far (the message as it is).
+
+        A daemon that does not report deprecations does not serve ``Deprecations``: its
+        UNIMPLEMENTED is answered as ``reporting`` false, and nothing else.
+        """
         from ociresolve.api import api_pb2
 
-        request = api_pb2.DeprecatedApiClientsRequest()
-        reply: api_pb2.DeprecatedApiClientsResponse = self._call(
-            lambda stub: stub.DeprecatedApiClients(request, **self._kw)
+        reply = self._channel.call_or_none(
+            _DEPRECATIONS + "DeprecatedApiClients",
+            api_pb2.DeprecatedApiClientsRequest(),
+            api_pb2.DeprecatedApiClientsResponse,
+            timeout=self.timeout,
+            none_on="UNIMPLEMENTED",
         )
-        return reply
+        return reply if reply is not None else api_pb2.DeprecatedApiClientsResponse(reporting=False)
 
     def watch(self) -> Watch:
         """The current set as ``added``/``removed`` events, one ``synced``, then each change.
@@ -128,80 +161,45 @@ class DaemonClient:
         """
         from ociresolve.api import api_pb2
 
-        stub = self._stub_or_connect()
-        # No deadline on the stream itself: the connection is kept alive by pings.
-        call = stub.Watch(api_pb2.WatchRequest(), wait_for_ready=False)
-        return Watch(call, self.socket)
+        stream = self._channel.stream(
+            _RESOLVER + "Watch", api_pb2.WatchRequest(), api_pb2.WatchEvent
+        )
+        return Watch(stream, self.socket)
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    @property
-    def _kw(self) -> dict[str, Any]:
-        return {"timeout": self.timeout}
+    def _check_socket(self) -> None:
+        if not os.path.exists(self.socket):
+            raise DaemonUnavailable(self.socket, "no such socket (is it running?)")
 
-    def _stub_or_connect(self) -> api_pb2_grpc.ResolverStub:
-        with self._lock:
-            if self._stub is None:
-                if not os.path.exists(self.socket):
-                    raise DaemonUnavailable(self.socket, "no such socket (is it running?)")
-                import grpc
-
-                from ociresolve.api import api_pb2_grpc
-
-                self._channel = grpc.insecure_channel(
-                    f"unix:{self.socket}",
-                    options=[
-                        ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                        ("grpc.enable_retries", 0),
-                        ("grpc.keepalive_time_ms", 30_000),
-                        # A restarted daemon is found within a second, however long it was
-                        # gone (gRPC's own backoff grows to two minutes).
-                        ("grpc.initial_reconnect_backoff_ms", 100),
-                        ("grpc.min_reconnect_backoff_ms", 100),
-                        ("grpc.max_reconnect_backoff_ms", 1000),
-                    ],
-                )
-                self._stub = api_pb2_grpc.ResolverStub(self._channel)
-            return self._stub
-
-    def _call(self, call: Any) -> Any:
-        import grpc
-
-        stub = self._stub_or_connect()
-        try:
-            return call(stub)
-        except grpc.RpcError as exc:
-            raise _error(exc, self.socket) from None
+    def _error(self, failed: Failure) -> OciresolveError:
+        if failed.code in UNREACHABLE:
+            return DaemonUnavailable(self.socket, failed.reason)
+        return OciresolveError(f"ociresolve daemon at {self.socket}: {failed.reason}")
 
 
 class Watch:
     """An open watch stream: iterate for ``(kind, record)``; ``record`` is ``None`` for
     ``synced``."""
 
-    def __init__(self, call: Any, socket: str) -> None:
-        self._call = call
+    def __init__(self, stream: Stream[api_pb2.WatchEvent], socket: str) -> None:
+        self._stream = stream
         self._socket = socket
 
     def __iter__(self) -> Iterator[tuple[WatchKind, IndexedContainer | None]]:
-        import grpc
-
         from ociresolve.api.convert import to_record
 
-        try:
-            for event in self._call:
-                kind = _KINDS.get(event.kind)
-                if kind is None:
-                    continue  # a kind newer than this client
-                record = None if kind == "synced" else to_record(event.container)
-                yield kind, record
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED and self._call.cancelled():
-                return
-            raise _error(exc, self._socket) from None
-        raise DaemonUnavailable(self._socket, "the watch stream ended (daemon stopping?)")
+        for event in self._stream:
+            kind = _KINDS.get(event.kind)
+            if kind is None:
+                continue  # a kind newer than this client
+            record = None if kind == "synced" else to_record(event.container)
+            yield kind, record
+        if not self._stream.cancelled:
+            raise DaemonUnavailable(self._socket, "the watch stream ended (daemon stopping?)")
 
     def cancel(self) -> None:
-        self._call.cancel()
+        self._stream.cancel()
 
 
 def _request(key: Key, explain: bool) -> api_pb2.LookupRequest:
@@ -229,11 +227,3 @@ def _result(reply: api_pb2.LookupResponse) -> LookupResult:
         error=reply.error or None,
         steps=[Step(step=s.step, result=s.result, seconds=s.seconds) for s in reply.steps],
     )
-
-
-def _error(exc: Any, socket: str) -> OciresolveError:
-    code = exc.code().name if exc.code() is not None else "UNKNOWN"
-    details = exc.details() or code
-    if code in _UNAVAILABLE:
-        return DaemonUnavailable(socket, f"{code}: {details}")
-    return OciresolveError(f"ociresolve daemon at {socket}: {code}: {details}")

@@ -20,10 +20,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from ociresolve.daemon import logs
+from ociresolve.daemon.deprecations_service import DeprecationsService
 from ociresolve.daemon.feed import ReporterFeed
 from ociresolve.daemon.http import HttpServer
 from ociresolve.daemon.metrics import Metrics
-from ociresolve.daemon.server import ApiServer
+from ociresolve.daemon.server import ApiServer, Service
+from ociresolve.daemon.service import ResolverService
 from ociresolve.errors import OciresolveError
 from ociresolve.resolver import Resolver
 
@@ -65,11 +67,7 @@ class Daemon:
             cri_socket=args.cri_socket,
             cri_observer=self.metrics.observe_cri if self.metrics is not None else None,
         )
-        self.api = (
-            ApiServer(self.resolver, args.socket, mode=args.socket_mode, owner=args.socket_owner)
-            if args.socket
-            else None
-        )
+        self.api: ApiServer | None = None  # built once the reporter is (or is not) made
         self.tracer: ConnectTracer | None = None
         self.reporter: Reporter | None = None
         self._threads: list[threading.Thread] = []
@@ -92,9 +90,7 @@ class Daemon:
             self._make_reporter()
             started = time.perf_counter()
             self.resolver.start()
-            service = self.api.start().service if self.api is not None else None
-            if service is not None:
-                service.reporter = self.reporter
+            service = self._start_api()
             if self.metrics is not None:
                 self.metrics.watch(
                     self.resolver,
@@ -122,6 +118,21 @@ class Daemon:
             self._stop(http)
         log.info("stopped")
         return EXIT_OK
+
+    def _start_api(self) -> ResolverService | None:
+        """Serve the API when there is a socket to serve it on: the resolver's service, and
+        the reporter's when it runs. Returns the resolver's, for the metrics."""
+        if not self.args.socket:
+            return None
+        service = ResolverService(self.resolver)
+        services: list[Service] = [service]
+        if self.reporter is not None:
+            services.append(DeprecationsService(self.reporter))
+        self.api = ApiServer(
+            services, self.args.socket, mode=self.args.socket_mode, owner=self.args.socket_owner
+        )
+        self.api.start()
+        return service
 
     def _start_http(self) -> HttpServer | None:
         if not self.args.metrics_address:

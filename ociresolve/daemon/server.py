@@ -1,4 +1,6 @@
-"""The API server: gRPC on a unix socket, on an event loop of its own thread.
+"""The API server: gRPC on a unix socket, on an event loop of its own thread, serving the
+services it is given (``Service``: the resolver's always, the deprecation reporter's when it
+runs).
 
 The socket is created with mode ``mode`` (0600 by default: the API tells who runs what on the
 node) and, when asked, handed to ``owner``. A stale socket left by a killed daemon is replaced;
@@ -6,9 +8,10 @@ one that still answers is an error (two daemons would split the node's clients).
 
 Hostile clients: a connection that never completes its HTTP/2 preface is dropped after
 ``HANDSHAKE_TIMEOUT_MS``; requests are capped in size; one connection holds at most
-``MAX_STREAMS_PER_CONNECTION`` calls at once; more than ``max_concurrent_rpcs`` lookups that
-need the disk or the CRI in flight are refused with RESOURCE_EXHAUSTED instead of queued, and
-lookups never wait for one another (see ``service``).
+``MAX_STREAMS_PER_CONNECTION`` calls at once. The services cap their own work: the resolver's
+refuses lookups beyond its ``max_in_flight`` that need the disk or the CRI with
+RESOURCE_EXHAUSTED instead of queueing them, and lookups never wait for one another (see
+``service``).
 """
 
 from __future__ import annotations
@@ -22,23 +25,18 @@ import socket
 import stat
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, Protocol
 
 import grpc
 
-from ociresolve.api import api_pb2_grpc
-from ociresolve.daemon.service import ResolverService
 from ociresolve.errors import OciresolveError
-from ociresolve.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET: Final = "/run/ociresolve/ociresolve.sock"
-MAX_CONCURRENT_RPCS: Final = 1024
 MAX_REQUEST: Final = 1024 * 1024  # a full batch of 4096 container ids is ~300 KB
 HANDSHAKE_TIMEOUT_MS: Final = 5000
-MISS_WORKERS: Final = 4
 MAX_STREAMS_PER_CONNECTION: Final = 16
 
 _OPTIONS: Final = (
@@ -46,7 +44,7 @@ _OPTIONS: Final = (
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     # One connection holds at most this many calls at a time (a client's further calls wait
     # for a slot on its side): a client that leaves calls unfinished needs 64 connections to
-    # fill the server's MAX_CONCURRENT_RPCS.
+    # fill the resolver service's MAX_IN_FLIGHT.
     ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
     ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
     ("grpc.max_connection_idle_ms", 10 * 60 * 1000),
@@ -55,24 +53,40 @@ _OPTIONS: Final = (
 )
 
 
+class Service(Protocol):
+    """What ``ApiServer`` serves: a servicer that adds itself to the gRPC server, and hears
+    when serving starts and ends."""
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add its methods to ``server`` (before it starts)."""
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The socket accepts: start what serving needs (on ``loop``, the server's)."""
+
+    def detach(self) -> None:
+        """The server is stopping (on its loop, before the calls in flight get their grace):
+        end what would outlive it, such as streams."""
+
+    def close(self) -> None:
+        """The server has stopped: release what the service holds (threads)."""
+
+
 class ApiServer:
-    """Serves ``resolver`` on ``socket_path`` from ``start()`` to ``stop()``."""
+    """Serves ``services`` on ``socket_path`` from ``start()`` to ``stop()``, once (``stop()``
+    closes them)."""
 
     def __init__(
         self,
-        resolver: Resolver,
+        services: Sequence[Service],
         socket_path: str = DEFAULT_SOCKET,
         *,
         mode: int = 0o600,
         owner: tuple[int, int] | None = None,
-        max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
     ) -> None:
+        self.services = tuple(services)
         self.socket_path = os.path.abspath(socket_path)
         self.mode = mode
         self.owner = owner
-        self.max_concurrent_rpcs = max_concurrent_rpcs
-        self._executor = ThreadPoolExecutor(MISS_WORKERS, thread_name_prefix="ociresolve-miss")
-        self.service = ResolverService(resolver, self._executor, max_in_flight=max_concurrent_rpcs)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -101,7 +115,8 @@ class ApiServer:
         with contextlib.suppress(RuntimeError):  # the loop already ended
             loop.call_soon_threadsafe(stopping.set)
         thread.join(grace + 2.0)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for service in self.services:
+            service.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
 
@@ -126,7 +141,8 @@ class ApiServer:
         # No cap on calls here: gRPC would count a call whose request never comes, so clients
         # that leave calls unfinished could take every slot. The service caps the work instead.
         server = grpc.aio.server(options=_OPTIONS)
-        api_pb2_grpc.add_ResolverServicer_to_server(self.service, server)
+        for service in self.services:
+            service.register(server)
         directory = os.path.dirname(self.socket_path)
         os.makedirs(directory, mode=0o755, exist_ok=True)
         # Bound in a private directory, given its mode and owner there, then moved into place:
@@ -144,11 +160,13 @@ class ApiServer:
             with contextlib.suppress(OSError):
                 os.unlink(bound)
             os.rmdir(private)
-        self.service.attach(asyncio.get_running_loop())
+        for service in self.services:
+            service.attach(asyncio.get_running_loop())
         self._started.set()
         log.info("API listening on %s", self.socket_path)
         await self._stopping.wait()
-        self.service.close_streams()
+        for service in self.services:
+            service.detach()
         await server.stop(self._grace)
 
 

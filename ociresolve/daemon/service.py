@@ -2,9 +2,11 @@
 
 It runs on the API server's event loop. A lookup the index answers is served on the loop (a
 dict hit, or a ``/proc/<pid>/cgroup`` read for a PID); a miss, which may read a bundle or ask
-the CRI (each call with its deadline), runs on a small thread pool so that it never holds up
-other clients. Watch streams share one subscription to the index; each has a bounded queue,
-and a client that does not keep up has its stream ended, never the daemon's memory grown.
+the CRI (each call with its deadline), runs on a small thread pool of the service's own so
+that it never holds up other clients, and more than ``max_in_flight`` misses waiting for it are
+refused with RESOURCE_EXHAUSTED, not queued. Watch streams share one subscription to the index;
+each has a bounded queue, and a client that does not keep up has its stream ended, never the
+daemon's memory grown.
 """
 
 from __future__ import annotations
@@ -14,15 +16,13 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 import grpc
 
 from ociresolve.api import api_pb2, api_pb2_grpc
 from ociresolve.api.convert import meta_message, to_message
-from ociresolve.deprecations.correlate import Attribution
-from ociresolve.deprecations.reporter import Reporter
 from ociresolve.errors import OciresolveError, ProcessNotFound
 from ociresolve.model import Change, IndexedContainer, Resolution
 from ociresolve.resolver import Resolver
@@ -36,6 +36,7 @@ Response = api_pb2.LookupResponse
 
 MAX_BATCH: Final = 4096
 MAX_IN_FLIGHT: Final = 1024
+MISS_WORKERS: Final = 4
 MAX_WATCHERS: Final = 256
 WATCH_QUEUE: Final = 10_000
 
@@ -80,21 +81,21 @@ class _Stream:
 
 
 class ResolverService(api_pb2_grpc.ResolverServicer):
-    """The API over a started ``Resolver``. ``attach(loop)`` before serving."""
+    """The API over a started ``Resolver``, a ``Service`` of ``ApiServer`` (which registers,
+    attaches, detaches and closes it). Misses are looked up on a pool of ``workers`` threads,
+    started by the first miss."""
 
     def __init__(
         self,
         resolver: Resolver,
-        executor: Executor,
         *,
+        workers: int = MISS_WORKERS,
         max_watchers: int = MAX_WATCHERS,
         watch_queue: int = WATCH_QUEUE,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.resolver = resolver
-        # Set by the daemon when it reports deprecations (``serve --report-deprecations``).
-        self.reporter: Reporter | None = None
-        self.executor = executor
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ociresolve-miss")
         self.max_watchers = max_watchers
         self.watch_queue = watch_queue
         self.max_in_flight = max_in_flight
@@ -111,18 +112,25 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
     def watchers(self) -> int:
         return len(self._streams)
 
+    def register(self, server: grpc.aio.Server) -> None:
+        api_pb2_grpc.add_ResolverServicer_to_server(self, server)
+
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Subscribe to the index once; changes reach the streams on ``loop``."""
         self._loop = loop
         self._unsubscribe = self.resolver.subscribe(self._on_change)
 
-    def close_streams(self) -> None:
+    def detach(self) -> None:
         """End every watch stream (on the loop): the daemon is stopping."""
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
         for stream in list(self._streams):
             stream.close()
+
+    def close(self) -> None:
+        """Drop the misses still waiting for the pool: the server has stopped."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- lookups -------------------------------------------------------------------------------
 
@@ -150,18 +158,6 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
 
     async def List(self, request: api_pb2.ListRequest, context: Context) -> api_pb2.ListResponse:
         return api_pb2.ListResponse(containers=[to_message(r) for r in self.resolver.containers()])
-
-    async def DeprecatedApiClients(
-        self, request: api_pb2.DeprecatedApiClientsRequest, context: Context
-    ) -> api_pb2.DeprecatedApiClientsResponse:
-        reporter = self.reporter
-        if reporter is None:
-            return api_pb2.DeprecatedApiClientsResponse(reporting=False)
-        return api_pb2.DeprecatedApiClientsResponse(
-            reporting=True,
-            correlating=reporter.correlator is not None,
-            clients=[_client(a) for a in reporter.clients()],
-        )
 
     async def _lookup(self, request: api_pb2.LookupRequest) -> Response:
         key = request.WhichOneof("key")
@@ -297,23 +293,6 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
     def _fan_out(self, event: api_pb2.WatchEvent) -> None:
         for stream in self._streams:
             stream.offer(event)
-
-
-def _client(attribution: Attribution) -> api_pb2.DeprecatedApiClient:
-    who = attribution.identity
-    return api_pb2.DeprecatedApiClient(
-        deprecation=attribution.deprecation,
-        pod_namespace=who.pod_namespace or "",
-        pod_name=who.pod_name or "",
-        container=who.container or "",
-        comm=who.comm,
-        confidence=attribution.confidence,
-        occurrences=attribution.occurrences,
-        considered=attribution.considered,
-        last_seen_unix_nano=attribution.last_seen_ns,
-        container_id=attribution.container_id or "",
-        pid=attribution.pid or 0,
-    )
 
 
 def _found(record: IndexedContainer, source: str) -> Response:

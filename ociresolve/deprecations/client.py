@@ -1,5 +1,6 @@
 """A client of containerd's deprecation warnings: ``Introspection.Server`` over the containerd
-socket, every call with a deadline. grpc is imported by the first call, not by this module.
+socket, every call with a deadline (a ``UnixChannel``: grpc is imported by the first call, not
+by this module).
 
 containerd reports its warnings from 1.7 on. containerd 1.5 and 1.6 serve ``Server`` too, but
 without the field, so an empty list from them is no answer: the client then asks containerd's
@@ -16,10 +17,11 @@ import stat
 import threading
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from ociresolve.channel import UNREACHABLE, Failure, R, UnixChannel
 from ociresolve.deprecations.errors import (
     IntrospectionError,
     RuntimeUnreachable,
@@ -39,7 +41,6 @@ V1ALPHA2: Final = "io.containerd.deprecation/cri-api-v1alpha2"
 
 _SERVER: Final = "/containerd.services.introspection.v1.Introspection/Server"
 _VERSION: Final = "/containerd.services.version.v1.Version/Version"
-_UNREACHABLE: Final = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 # The first release with deprecation warnings; releases before it say nothing of them.
 _FIRST: Final = (1, 7)
 _VERSION_NUMBER: Final = re.compile(r"v?(\d+)\.(\d+)")
@@ -87,8 +88,9 @@ class IntrospectionClient:
     def __init__(self, socket_path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.endpoint = socket_path
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._channel: Any = None
+        # Replies are small (gRPC's default cap), the calls short: no keepalive.
+        self._channel = UnixChannel(socket_path, self._error)
+        self._lock = threading.Lock()  # guards the version asked
         self._version: str | None = None
         self._version_asked = False
 
@@ -112,9 +114,7 @@ class IntrospectionClient:
         """
         from ociresolve.deprecations import introspection_pb2
 
-        response: introspection_pb2.ServerResponse = self._call(
-            _SERVER, introspection_pb2.ServerResponse.FromString
-        )
+        response = self._call(_SERVER, introspection_pb2.ServerResponse)
         warnings = [_deprecation(warning) for warning in response.deprecations]
         if not warnings:
             version = self.version()
@@ -131,9 +131,7 @@ class IntrospectionClient:
             if self._version_asked:
                 return self._version
         try:
-            response: introspection_pb2.VersionResponse = self._call(
-                _VERSION, introspection_pb2.VersionResponse.FromString, version=False
-            )
+            response = self._call(_VERSION, introspection_pb2.VersionResponse)
         except IntrospectionError:
             return None  # asked again next time: the runtime may be restarting
         with self._lock:
@@ -141,53 +139,28 @@ class IntrospectionClient:
             return self._version
 
     def close(self) -> None:
-        with self._lock:
-            channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()
+        self._channel.close()
 
-    def _call(self, method: str, decode: Any, *, version: bool = True) -> Any:
-        import grpc
+    def _call(self, method: str, reply: type[R]) -> R:
         from google.protobuf import empty_pb2
 
-        call = self._connect().unary_unary(
-            method,
-            request_serializer=empty_pb2.Empty.SerializeToString,
-            response_deserializer=decode,
-        )
-        try:
-            return call(empty_pb2.Empty(), timeout=self.timeout)
-        except grpc.RpcError as exc:
-            # Errors raised by a call are also grpc.Call, with a code and details.
-            code_of, details_of = getattr(exc, "code", None), getattr(exc, "details", None)
-            code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
-            details = details_of() if callable(details_of) else str(exc)
-            name = method.rsplit(".", 1)[-1]
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                found = self.version() if version else None
-                raise ServiceMissing(self.endpoint, found, code=code.name) from exc
-            kind = RuntimeUnreachable if code.name in _UNREACHABLE else IntrospectionError
-            raise kind(self.endpoint, f"{name}: {code.name}: {details}", code=code.name) from exc
-
-    def _connect(self) -> Any:
+        # Asked at each call: a containerd that went away is said so at once, by its path.
         try:
             mode = os.stat(self.endpoint).st_mode
         except OSError as exc:
             raise RuntimeUnreachable(self.endpoint, exc.strerror or str(exc)) from exc
         if not stat.S_ISSOCK(mode):
             raise RuntimeUnreachable(self.endpoint, "not a socket")
-        with self._lock:
-            if self._channel is None:
-                import grpc
+        return self._channel.call(method, empty_pb2.Empty(), reply, timeout=self.timeout)
 
-                self._channel = grpc.insecure_channel(
-                    f"unix://{self.endpoint}",
-                    options=[
-                        ("grpc.initial_reconnect_backoff_ms", 100),
-                        ("grpc.max_reconnect_backoff_ms", 1000),
-                    ],
-                )
-            return self._channel
+    def _error(self, failed: Failure) -> IntrospectionError:
+        if failed.code == "UNIMPLEMENTED":
+            # Which containerd lacks the service, if its version service says.
+            found = self.version() if failed.method != _VERSION else None
+            return ServiceMissing(self.endpoint, found, code=failed.code)
+        kind = RuntimeUnreachable if failed.code in UNREACHABLE else IntrospectionError
+        name = failed.method.rsplit(".", 1)[-1]  # Introspection/Server
+        return kind(self.endpoint, f"{name}: {failed.reason}", code=failed.code)
 
 
 def _deprecation(warning: introspection_pb2.DeprecationWarning) -> Deprecation:

@@ -1,5 +1,6 @@
 """Helpers of the daemon tests: a fake node with a few containers, an API server over it on a
-short unix socket path, and raw HTTP/2 bytes for clients that misbehave on the wire."""
+short unix socket path (its services built as ``serve`` builds them), and raw HTTP/2 bytes for
+clients that misbehave on the wire."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from fakehost import (
     CONTAINERD_ROOT,
@@ -28,7 +29,12 @@ from fakehost import (
 )
 
 from ociresolve import Resolver
-from ociresolve.daemon.server import ApiServer
+from ociresolve.daemon.deprecations_service import DeprecationsService
+from ociresolve.daemon.server import ApiServer, Service
+from ociresolve.daemon.service import ResolverService
+
+if TYPE_CHECKING:
+    from ociresolve.deprecations.reporter import Reporter
 
 APP_PID, CRIO_PID, HOST_PID, FOREIGN_PID, MISSING_PID = 4242, 5151, 1, 6161, 999_999
 # sockaddr_un.sun_path is 108 bytes.
@@ -101,9 +107,33 @@ def socket_dir(preferred: Path) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def api_server(
+    resolver: Resolver,
+    path: Path | str,
+    *,
+    reporter: Reporter | None = None,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+    **options: object,
+) -> ApiServer:
+    """An API server (not started) over ``resolver``, with the ``ResolverService`` ``options``,
+    and the deprecations service when given a ``reporter``."""
+    services: list[Service] = [ResolverService(resolver, **options)]  # type: ignore[arg-type]
+    if reporter is not None:
+        services.append(DeprecationsService(reporter))
+    return ApiServer(services, str(path), mode=mode, owner=owner)
+
+
+def resolver_service(server: ApiServer) -> ResolverService:
+    (service,) = (s for s in server.services if isinstance(s, ResolverService))
+    return service
+
+
 @contextlib.contextmanager
-def serving(resolver: Resolver, path: Path, **options: object) -> Iterator[ApiServer]:
-    server = ApiServer(resolver, str(path), **options)  # type: ignore[arg-type]
+def serving(
+    resolver: Resolver, path: Path, *, reporter: Reporter | None = None, **options: object
+) -> Iterator[ApiServer]:
+    server = api_server(resolver, path, reporter=reporter, **options)
     server.start()
     try:
         yield server

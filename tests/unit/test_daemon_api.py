@@ -18,7 +18,9 @@ from daemonfakes import (
     HOST_PID,
     MISSING_PID,
     Node,
+    api_server,
     make_node,
+    resolver_service,
     serving,
     socket_dir,
 )
@@ -176,7 +178,7 @@ def test_a_miss_is_read_from_the_bundle_then_indexed(node: Node, tmp_path: Path)
             assert (second.status, second.source) == ("found", "index")
             assert first.record == second.record
             assert (explained.status, explained.source) == ("found", "bundle")
-            assert api.service.lookups == {("bundle", "found"): 2, ("index", "found"): 1}
+            assert resolver_service(api).lookups == {("bundle", "found"): 2, ("index", "found"): 1}
     finally:
         resolver.close()
 
@@ -320,17 +322,17 @@ def test_watch_starts_with_the_current_set_then_follows_changes(
 def test_cancel_ends_a_watch_cleanly(server: ApiServer, client: DaemonClient) -> None:
     watcher = Watcher(client.watch())
     watcher.until_synced()
-    wait_until(lambda: server.service.watchers == 1, 5.0, "the stream to open")
+    wait_until(lambda: resolver_service(server).watchers == 1, 5.0, "the stream to open")
     watcher.stop()
     assert watcher.error is None
-    wait_until(lambda: server.service.watchers == 0, 5.0, "the stream to close")
+    wait_until(lambda: resolver_service(server).watchers == 0, 5.0, "the stream to close")
 
 
 def test_a_watch_ends_with_unavailable_when_the_daemon_stops(
     resolver: Resolver, tmp_path: Path
 ) -> None:
     with socket_dir(tmp_path) as directory:
-        server = ApiServer(resolver, str(directory / "api.sock")).start()
+        server = api_server(resolver, directory / "api.sock").start()
         try:
             with DaemonClient(server.socket_path) as client:
                 watcher = Watcher(client.watch())
@@ -343,7 +345,7 @@ def test_a_watch_ends_with_unavailable_when_the_daemon_stops(
 
 
 def test_the_number_of_watchers_is_capped(server: ApiServer, client: DaemonClient) -> None:
-    server.service.max_watchers = 2
+    resolver_service(server).max_watchers = 2
     first, second = Watcher(client.watch()), Watcher(client.watch())
     try:
         first.until_synced()
@@ -355,7 +357,7 @@ def test_the_number_of_watchers_is_capped(server: ApiServer, client: DaemonClien
         assert "RESOURCE_EXHAUSTED" in str(refused.error)
         assert "at most 2" in str(refused.error)
         first.stop()
-        wait_until(lambda: server.service.watchers < 2, 5.0, "a watcher to leave")
+        wait_until(lambda: resolver_service(server).watchers < 2, 5.0, "a watcher to leave")
         third = Watcher(client.watch())
         third.until_synced()
         third.stop()
@@ -370,7 +372,7 @@ def test_a_slow_watcher_is_cut_off_and_others_keep_working(
     """A watcher that stops reading: the server's writes to it wait on flow control, its queue
     fills, and its stream ends with RESOURCE_EXHAUSTED; the daemon's memory does not grow with
     the changes, and lookups go on being answered meanwhile."""
-    server.service.watch_queue = 8
+    resolver_service(server).watch_queue = 8
     churn = 6000
     with (
         DaemonClient(server.socket_path) as slow_client,
@@ -378,7 +380,7 @@ def test_a_slow_watcher_is_cut_off_and_others_keep_working(
     ):
         events = iter(slow_client.watch())
         assert next(events)[0] == "added"  # the stream is open; now stop reading
-        wait_until(lambda: server.service.watchers == 1, 5.0, "the stream to open")
+        wait_until(lambda: resolver_service(server).watchers == 1, 5.0, "the stream to open")
         pod = Pod.new("churn", "shop")
         for n in range(churn):
             cid = new_id()
@@ -402,8 +404,8 @@ def test_a_slow_watcher_is_cut_off_and_others_keep_working(
                 pass
         assert not isinstance(caught.value, DaemonUnavailable)
         assert "too slow" in str(caught.value)
-        assert server.service.watch_overflows == 1
-        wait_until(lambda: server.service.watchers == 0, 5.0, "the slow stream to go")
+        assert resolver_service(server).watch_overflows == 1
+        wait_until(lambda: resolver_service(server).watchers == 0, 5.0, "the slow stream to go")
         assert client.lookup_pid(APP_PID).status == "found"
         again = Watcher(client.watch())
         assert len(again.until_synced()) == churn + 3

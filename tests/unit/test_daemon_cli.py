@@ -16,6 +16,7 @@ from daemonfakes import (
     MISSING_PID,
     Node,
     make_node,
+    resolver_service,
     serving,
     socket_dir,
 )
@@ -161,7 +162,7 @@ def test_a_host_root_without_a_socket_scans(
     code, record = lookup_json(capsys, str(APP_PID), *node.node_args())
     assert code == 0
     assert steps_of(record)[0]["step"] == "cgroup"
-    assert api.service.lookups.total() == 0
+    assert resolver_service(api).lookups.total() == 0
 
 
 def test_no_daemon_never_asks(
@@ -171,7 +172,7 @@ def test_no_daemon_never_asks(
     code, record = lookup_json(capsys, str(APP_PID), *args)
     assert code == 0
     assert steps_of(record)[0]["step"] == "cgroup"
-    assert api.service.lookups.total() == 0
+    assert resolver_service(api).lookups.total() == 0
 
 
 def test_a_daemon_error_is_exit_2(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:

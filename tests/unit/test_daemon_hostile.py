@@ -20,12 +20,14 @@ from daemonfakes import (
     PREFACE,
     SETTINGS,
     Node,
+    api_server,
     closed_by_peer,
     frame,
     grpc_headers,
     make_node,
     open_streams,
     random_bytes,
+    resolver_service,
     serving,
     socket_dir,
     unix_connect,
@@ -35,7 +37,6 @@ from fakehost import FakeHost, new_id
 from ociresolve import OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient
 from ociresolve.daemon import server as server_module
-from ociresolve.daemon.server import ApiServer
 from ociresolve.errors import DaemonUnavailable
 from ociresolve.model import Resolution
 
@@ -169,7 +170,7 @@ def test_calls_left_unfinished_cannot_lock_out_other_clients(
     path = sockets / "api.sock"
     with serving(resolver, path) as server:
         per_connection = 16
-        connections = server.max_concurrent_rpcs // per_connection + 2
+        connections = resolver_service(server).max_in_flight // per_connection + 2
         hanging = [open_streams(path, per_connection) for _ in range(connections)]
         try:
             until = time.monotonic() + 1.5  # while the server takes every stream in
@@ -195,7 +196,7 @@ def test_a_flood_beyond_the_concurrency_cap_is_refused_not_queued(
     monkeypatch.setattr(resolver, "resolve_container", slow)
     path = sockets / "api.sock"
     cap, callers = 4, 48
-    with serving(resolver, path, max_concurrent_rpcs=cap) as server:
+    with serving(resolver, path, max_in_flight=cap) as server:
         barrier = threading.Barrier(callers)
 
         def call(_: int) -> str:
@@ -292,7 +293,7 @@ def test_stopping_with_hostile_clients_connected_is_prompt(
     node: Node, resolver: Resolver, sockets: Path
 ) -> None:
     path = sockets / "api.sock"
-    server = ApiServer(resolver, str(path)).start()
+    server = api_server(resolver, path).start()
     clients = [unix_connect(path) for _ in range(20)]
     clients += [open_streams(path, 8) for _ in range(4)]
     try:

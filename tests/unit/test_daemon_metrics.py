@@ -13,7 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonfakes import APP_PID, FOREIGN_PID, HOST_PID, Node, make_node, serving, socket_dir
+from daemonfakes import (
+    APP_PID,
+    FOREIGN_PID,
+    HOST_PID,
+    Node,
+    make_node,
+    resolver_service,
+    serving,
+    socket_dir,
+)
 from fakecri import FakeCri, container_response, info_map, socket_path
 from fakehost import FakeHost, Pod, containerd_spec, new_id
 
@@ -170,7 +179,7 @@ def test_every_family_of_the_issue_is_exposed(
     counts = Counts(events=10, resolved=6, host=3, unresolved=1, lost=2)
     counts.sources.update(index=5, cri=1)
     with socket_dir(tmp_path) as directory, serving(resolver, directory / "api.sock") as api:
-        metrics.watch(resolver, api.service, lambda: counts, lambda: health.ready)
+        metrics.watch(resolver, resolver_service(api), lambda: counts, lambda: health.ready)
         with DaemonClient(api.socket_path) as client:
             assert client.lookup_pid(APP_PID).status == "found"
             assert client.lookup_pid(HOST_PID).status == "host"

@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonfakes import APP_PID, Node, make_node, serving, socket_dir
+from daemonfakes import APP_PID, Node, api_server, make_node, serving, socket_dir
 from fakehost import FakeHost
 
 from ociresolve import OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient
-from ociresolve.daemon.server import ApiServer
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -101,7 +100,7 @@ def test_a_stale_socket_is_replaced(resolver: Resolver, directory: Path) -> None
 def test_a_live_socket_is_refused(resolver: Resolver, directory: Path) -> None:
     path = directory / "api.sock"
     with serving(resolver, path):
-        second = ApiServer(resolver, str(path))
+        second = api_server(resolver, path)
         with pytest.raises(OciresolveError, match="another daemon is serving on"):
             second.start()
         assert answers(path)  # the first one is untouched
@@ -116,7 +115,7 @@ def test_a_socket_of_another_program_is_refused(resolver: Resolver, directory: P
     other.listen()
     try:
         with pytest.raises(OciresolveError, match="another daemon"):
-            ApiServer(resolver, str(path)).start()
+            api_server(resolver, path).start()
         assert stat.S_ISSOCK(os.lstat(path).st_mode)
     finally:
         other.close()
@@ -135,7 +134,7 @@ def test_a_path_that_is_not_a_socket_is_refused(
         (directory / "target").write_text("precious\n")
         path.symlink_to(directory / "target")
     with pytest.raises(OciresolveError, match="is not a socket"):
-        ApiServer(resolver, str(path)).start()
+        api_server(resolver, path).start()
     assert os.path.lexists(path)
     if kind != "directory":
         assert (directory / ("target" if kind == "symlink" else "api.sock")).read_text() == (
@@ -145,7 +144,7 @@ def test_a_path_that_is_not_a_socket_is_refused(
 
 def test_the_socket_is_removed_on_stop(resolver: Resolver, directory: Path) -> None:
     path = directory / "api.sock"
-    server = ApiServer(resolver, str(path)).start()
+    server = api_server(resolver, path).start()
     assert answers(path)
     server.stop(0.2)
     assert not path.exists()
@@ -165,11 +164,11 @@ def test_the_path_is_absolute(
     resolver: Resolver, directory: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(directory)
-    server = ApiServer(resolver, "api.sock")
+    server = api_server(resolver, "api.sock")
     assert server.socket_path == str(directory / "api.sock")
 
 
 def test_an_unusable_directory_is_an_error_not_a_hang(resolver: Resolver, directory: Path) -> None:
     (directory / "file").write_text("")
     with pytest.raises(OciresolveError, match="cannot serve on"):
-        ApiServer(resolver, str(directory / "file" / "api.sock")).start()
+        api_server(resolver, directory / "file" / "api.sock").start()

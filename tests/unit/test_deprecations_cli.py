@@ -5,6 +5,7 @@ reports (a line per new occurrence on stdout), SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -28,6 +29,7 @@ from tracerfakes import parse_logfmt
 from ociresolve import Resolver
 from ociresolve.cli import main
 from ociresolve.daemon.server import ApiServer
+from ociresolve.deprecations.reporter import Reporter
 
 S = 1_000_000_000
 T0 = 1_750_000_000 * S
@@ -35,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = "node-1"
 RETRYING = "cannot read containerd's deprecation warnings; retrying"
 TIMEOUT = 20.0
+ServeApi = Callable[[Reporter | None], ApiServer]
 
 
 # -- deprecations --clients --------------------------------------------------------------------
@@ -46,13 +49,19 @@ def node(host: FakeHost) -> Node:
 
 
 @pytest.fixture
-def api(node: Node, tmp_path: Path) -> Iterator[ApiServer]:
+def serve_api(node: Node, tmp_path: Path) -> Iterator[ServeApi]:
+    """Starts the API server over the node, with the deprecations service when given a
+    reporter (as ``serve --report-deprecations`` does)."""
     with (
+        contextlib.ExitStack() as stack,
         socket_dir(tmp_path) as directory,
         Resolver(host_root=str(node.host.root), runtime_roots=node.roots, cri=False) as resolver,
-        serving(resolver, directory / "api.sock") as server,
     ):
-        yield server
+
+        def start(made: Reporter | None) -> ApiServer:
+            return stack.enter_context(serving(resolver, directory / "api.sock", reporter=made))
+
+        yield start
 
 
 def clients(capsys: pytest.CaptureFixture[str], api: ApiServer, *args: str) -> tuple[int, str, str]:
@@ -61,8 +70,8 @@ def clients(capsys: pytest.CaptureFixture[str], api: ApiServer, *args: str) -> t
     return code, captured.out, captured.err
 
 
-def test_clients_as_a_table(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
-    api.service.reporter = attributed_reporter()
+def test_clients_as_a_table(serve_api: ServeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    api = serve_api(attributed_reporter())
     code, out, err = clients(capsys, api)
     assert (code, err) == (0, "")
     header, row = out.splitlines()
@@ -87,8 +96,8 @@ def test_clients_as_a_table(api: ApiServer, capsys: pytest.CaptureFixture[str]) 
     ]
 
 
-def test_clients_as_json(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
-    api.service.reporter = attributed_reporter()
+def test_clients_as_json(serve_api: ServeApi, capsys: pytest.CaptureFixture[str]) -> None:
+    api = serve_api(attributed_reporter())
     code, out, _ = clients(capsys, api, "--json")
     assert code == 0
     (row,) = map(json.loads, out.splitlines())
@@ -108,9 +117,10 @@ def test_clients_as_json(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_clients_none_yet_without_a_tracer(
-    api: ApiServer, capsys: pytest.CaptureFixture[str]
+    serve_api: ServeApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    api.service.reporter, _ = reporter()
+    made, _ = reporter()
+    api = serve_api(made)
     code, out, err = clients(capsys, api)
     assert code == 0
     assert out.split() == [
@@ -129,8 +139,9 @@ def test_clients_none_yet_without_a_tracer(
 
 
 def test_clients_from_a_daemon_that_does_not_report(
-    api: ApiServer, capsys: pytest.CaptureFixture[str]
+    serve_api: ServeApi, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    api = serve_api(None)
     code, out, err = clients(capsys, api)
     assert (code, out) == (1, "")
     assert err == (

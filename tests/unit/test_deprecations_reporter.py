@@ -1,15 +1,18 @@
 """The deprecation reporter: a line per new occurrence (the original reporter's words for CRI
 v1alpha2, every id handled alike), a line per attributed client, nothing attributed to the
 warnings already there at start; and its standings through the daemon's
-``DeprecatedApiClients`` RPC, over a real API server."""
+``Deprecations.DeprecatedApiClients`` RPC, over a real API server (which serves that service only
+with a reporter, as ``serve`` does)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from daemonfakes import Node, make_node, serving, socket_dir
 from fakehost import FakeHost
@@ -17,6 +20,7 @@ from fakeintrospection import V1ALPHA2
 from tracerfakes import parse_logfmt
 
 from ociresolve import Resolver
+from ociresolve.api import api_pb2
 from ociresolve.api.client import DaemonClient
 from ociresolve.daemon.server import ApiServer
 from ociresolve.deprecations import Deprecation
@@ -252,6 +256,8 @@ def test_close_closes_the_source() -> None:
 
 # -- the DeprecatedApiClients RPC --------------------------------------------------------------
 
+ServeApi = Callable[[Reporter | None], ApiServer]
+
 
 @pytest.fixture
 def node(host: FakeHost) -> Node:
@@ -259,13 +265,19 @@ def node(host: FakeHost) -> Node:
 
 
 @pytest.fixture
-def api(node: Node, tmp_path: Path) -> Iterator[ApiServer]:
+def serve_api(node: Node, tmp_path: Path) -> Iterator[ServeApi]:
+    """Starts the API server over the node, with the deprecations service when given a
+    reporter."""
     with (
+        contextlib.ExitStack() as stack,
         socket_dir(tmp_path) as directory,
         Resolver(host_root=str(node.host.root), runtime_roots=node.roots, cri=False) as resolver,
-        serving(resolver, directory / "api.sock") as server,
     ):
-        yield server
+
+        def start(made: Reporter | None) -> ApiServer:
+            return stack.enter_context(serving(resolver, directory / "api.sock", reporter=made))
+
+        yield start
 
 
 def attributed_reporter() -> Reporter:
@@ -278,22 +290,34 @@ def attributed_reporter() -> Reporter:
     return made
 
 
-def test_the_rpc_without_a_reporter(api: ApiServer) -> None:
+def test_the_rpc_without_a_reporter(serve_api: ServeApi) -> None:
+    """The service is not served: UNIMPLEMENTED on the wire, "not reporting" to the client."""
+    api = serve_api(None)
     with DaemonClient(api.socket_path) as client:
         reply = client.deprecated_api_clients()
     assert not reply.reporting and not reply.correlating and not reply.clients
+    with grpc.insecure_channel(f"unix:{api.socket_path}") as channel:
+        call = channel.unary_unary(
+            "/ociresolve.v1.Deprecations/DeprecatedApiClients",
+            request_serializer=api_pb2.DeprecatedApiClientsRequest.SerializeToString,
+            response_deserializer=api_pb2.DeprecatedApiClientsResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            call(api_pb2.DeprecatedApiClientsRequest(), timeout=1.0)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
 
 
-def test_the_rpc_with_a_reporter_but_no_tracer(api: ApiServer) -> None:
-    api.service.reporter, _ = reporter()
+def test_the_rpc_with_a_reporter_but_no_tracer(serve_api: ServeApi) -> None:
+    made, _ = reporter()
+    api = serve_api(made)
     with DaemonClient(api.socket_path) as client:
         reply = client.deprecated_api_clients()
     assert reply.reporting and not reply.correlating and not reply.clients
 
 
-def test_the_rpc_gives_the_standings(api: ApiServer) -> None:
+def test_the_rpc_gives_the_standings(serve_api: ServeApi) -> None:
     made = attributed_reporter()
-    api.service.reporter = made
+    api = serve_api(made)
     with DaemonClient(api.socket_path) as client:
         reply = client.deprecated_api_clients()
     assert reply.reporting and reply.correlating
