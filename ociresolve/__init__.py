@@ -11,9 +11,12 @@ from ociresolve.api.remote import RemoteResolver
 from ociresolve.bundle import Bundle, find_bundles, load_bundle, read_bundle
 from ociresolve.cgroup import parse_cgroup
 from ociresolve.errors import BundleError, DaemonUnavailable, OciresolveError, ProcessNotFound
+from ociresolve.inspection import InspectedBundle, inspect_bundles
 from ociresolve.model import CgroupRef, Change, ContainerMeta, IndexedContainer, Resolution
+from ociresolve.node import Node, NodeContainers, PidAnswer
 from ociresolve.resolver import Resolver
 from ociresolve.runtimes import detect_runtime, normalize
+from ociresolve.sources import Resolving
 
 __all__ = [
     "Bundle",
@@ -24,14 +27,20 @@ __all__ = [
     "DaemonClient",
     "DaemonUnavailable",
     "IndexedContainer",
+    "InspectedBundle",
     "LookupResult",
+    "Node",
+    "NodeContainers",
     "OciresolveError",
+    "PidAnswer",
     "ProcessNotFound",
     "RemoteResolver",
     "Resolution",
     "Resolver",
+    "Resolving",
     "detect_runtime",
     "find_bundles",
+    "inspect_bundles",
     "load_bundle",
     "normalize",
     "parse_cgroup",

@@ -1,7 +1,9 @@
-"""The command line of ``ociresolve trace connect``.
+"""The command line of ``ociresolve trace connect``: the tracer's own options.
 
-Only argparse here: ``ociresolve/cli.py`` adds these options to its parser without importing
-the probe (or BCC), which ``tracer.connect`` loads only when the command runs.
+The options it shares with other commands (the node's, the CRI's, ``--daemon-socket``) are
+``ociresolve.options``' groups, which the CLI adds to the same parser: the tracer imports only
+the library's public API. Only argparse here: the CLI adds these options to its parser without
+importing the probe (or BCC), which ``tracer.connect`` loads only when the command runs.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _seconds(text: str) -> float:
 def add_connect_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, prefix: str = ""
 ) -> None:
-    """The tracer's own options (the node and CRI options are the other commands').
+    """The tracer's own options (the CLI adds the shared node, CRI and daemon options).
 
     ``prefix`` goes before each option's name (``ociresolve serve`` has ``--trace-socket``,
     its own ``--socket`` being the API's); the attributes are named the same either way.

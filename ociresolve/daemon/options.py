@@ -4,25 +4,36 @@ line wins. The tracer's options (``--trace-*``) are flags only, but for
 ``OCIRESOLVE_TRACE_CONNECT``. A bad value in the environment is a usage error, as on the command
 line.
 
-Only argparse here: ``ociresolve/cli.py`` adds these without importing grpc or BCC.
+The node, CRI and containerd options are the shared groups of ``ociresolve.options``, with the
+same meaning as in the other commands; the API, operations and reporter options are the
+daemon's own.
+
+Only argparse here: the CLI adds these without importing grpc or BCC.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import grp
 import os
 import pwd
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final
 
 from ociresolve.api.client import DEFAULT_SOCKET, SOCKET_ENV
 from ociresolve.daemon.logs import LEVELS
+from ociresolve.options import (
+    Defaults,
+    add_containerd_options,
+    add_cri_options,
+    add_flag,
+    add_node_options,
+    choice,
+    seconds,
+)
 from ociresolve.tracer.options import add_connect_arguments
 
-_TRUE: Final = ("1", "true", "yes", "on")
-_FALSE: Final = ("0", "false", "no", "off", "")
+_SOCKET_VARIABLE: Final = SOCKET_ENV.removeprefix("OCIRESOLVE_")  # what node clients read too
 # The deprecation poller backs off up to a minute when the runtime is down.
 MAX_INTERVAL: Final = 60.0
 
@@ -55,18 +66,8 @@ def _owner(text: str) -> tuple[int, int]:
     return uid, gid
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds: {text}")
-    return value
-
-
 def _interval(text: str) -> float:
-    value = _seconds(text)
+    value = seconds(text)
     if not 0 < value <= MAX_INTERVAL:
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_INTERVAL:g} s")
     return value
@@ -79,187 +80,86 @@ def add_serve_arguments(
     api: bool = True,
 ) -> None:
     """``serve``'s options; without ``api`` (``report-deprecations``), those of the node, the
-    logs, the tracer and the reporter only."""
-    env = os.environ if environ is None else environ
+    logs, the tracer and the reporter only. ``environ`` (default: ``os.environ``) gives the
+    ``OCIRESOLVE_*`` variables."""
+    defaults = Defaults(os.environ if environ is None else environ)
     if api:
-        _add_api_arguments(parser, env)
+        _add_api_arguments(parser, defaults)
     else:
         parser.set_defaults(socket=None, socket_mode=0o600, socket_owner=None, metrics_address="")
-    _add_node_arguments(parser, env)
-    _add_operations_arguments(parser, env, metrics=api)
-    _add_reporter_arguments(parser, env, always=not api)
+    node = parser.add_argument_group("the node")
+    add_node_options(node, defaults, grace_period=True)
+    add_cri_options(node, defaults)
+    _add_operations_arguments(parser, defaults, metrics=api)
+    _add_reporter_arguments(parser, defaults, always=not api)
     trace = parser.add_argument_group(
         "the connect tracer", "with --trace-connect, the tracer's lines go to stdout"
     )
-    trace.add_argument(
+    add_flag(
+        trace,
         "--trace-connect",
-        nargs="?",
-        const=True,
-        type=_boolean("TRACE_CONNECT"),
-        default=_default(env, "TRACE_CONNECT", "false"),
-        help="also run the containerd socket tracer (BPF; root or CAP_BPF and CAP_PERFMON) "
-        "[OCIRESOLVE_TRACE_CONNECT=1]",
+        defaults,
+        "TRACE_CONNECT",
+        "also run the containerd socket tracer (BPF; root or CAP_BPF and CAP_PERFMON)",
     )
     add_connect_arguments(trace, prefix="trace-")
 
 
-def _default(env: Mapping[str, str], name: str, fallback: str | None = None) -> str | None:
-    return env.get(f"OCIRESOLVE_{name}") or fallback
-
-
-def _boolean(variable: str) -> Callable[[str], bool]:
-    """``--flag`` alone is true; ``--flag=false``, or the environment's ``variable``, say which."""
-
-    def parse(text: str) -> bool:
-        word = text.strip().lower()
-        if word in _TRUE:
-            return True
-        if word in _FALSE:
-            return False
-        raise argparse.ArgumentTypeError(
-            f"not true or false: {text!r} (the flag's value, or OCIRESOLVE_{variable})"
-        )
-
-    return parse
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    """A ``type`` that checks a value against ``choices``: argparse checks ``choices=`` only on
-    the command line, and the environment's values are defaults."""
-
-    def check(text: str) -> str:
-        if text not in choices:
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {text!r} (choose from {', '.join(choices)})"
-            )
-        return text
-
-    return check
-
-
-class _ReplaceAppend(argparse.Action):
-    """``append`` whose first use on the command line replaces the default (the
-    environment's list) instead of adding to it."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        current = getattr(namespace, self.dest, None)
-        if current is self.default or current is None:
-            current = []
-        setattr(namespace, self.dest, [*current, values])
-
-
-def _add_api_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    default = functools.partial(_default, env)
-
+def _add_api_arguments(parser: argparse.ArgumentParser, defaults: Defaults) -> None:
     api = parser.add_argument_group("the API")
     api.add_argument(
         "--socket",
-        default=env.get(SOCKET_ENV) or DEFAULT_SOCKET,
+        default=defaults.value(_SOCKET_VARIABLE, DEFAULT_SOCKET),
         metavar="PATH",
         help=f"the API's unix socket [{SOCKET_ENV}] (default: {DEFAULT_SOCKET})",
     )
     api.add_argument(
         "--socket-mode",
         type=_mode,
-        default=default("SOCKET_MODE", "600"),  # argparse converts a str default with `type`
+        default=defaults.value("SOCKET_MODE", "600"),  # argparse converts a str default
         metavar="OCTAL",
         help="the socket's permissions [OCIRESOLVE_SOCKET_MODE] (default: 600, root only)",
     )
     api.add_argument(
         "--socket-owner",
         type=_owner,
-        default=default("SOCKET_OWNER"),
+        default=defaults.value("SOCKET_OWNER"),
         metavar="USER[:GROUP]",
         help="give the socket to this user and group [OCIRESOLVE_SOCKET_OWNER] (needs CAP_CHOWN)",
     )
 
 
-def _add_node_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    default = functools.partial(_default, env)
-
-    node = parser.add_argument_group("the node")
-    node.add_argument(
-        "--host-root",
-        default=default("HOST_ROOT", "/"),
-        metavar="DIR",
-        help="where the host's file systems are mounted [OCIRESOLVE_HOST_ROOT] (default: /)",
-    )
-    roots = default("RUNTIME_ROOTS")
-    node.add_argument(
-        "--runtime-root",
-        action=_ReplaceAppend,
-        dest="runtime_roots",
-        default=[r for r in roots.split(",") if r] if roots else None,
-        metavar="DIR",
-        help="a runtime state directory, on the host (repeatable) [OCIRESOLVE_RUNTIME_ROOTS, "
-        "comma-separated] (default: containerd, k3s, cri-o and podman's)",
-    )
-    node.add_argument(
-        "--grace-period",
-        type=_seconds,
-        default=default("GRACE_PERIOD", "5"),
-        metavar="SECONDS",
-        help="how long a removed container still resolves [OCIRESOLVE_GRACE_PERIOD] (default: 5)",
-    )
-    node.add_argument(
-        "--cri-socket",
-        default=default("CRI_SOCKET"),
-        metavar="PATH",
-        help="the CRI endpoint for what the bundles do not tell, on the host "
-        "[OCIRESOLVE_CRI_SOCKET] (default: the first of containerd's, k3s', cri-o's and "
-        "cri-dockerd's sockets that exists)",
-    )
-    node.add_argument(
-        "--no-cri",
-        nargs="?",
-        const=True,
-        type=_boolean("NO_CRI"),
-        default=_default(env, "NO_CRI", "false"),
-        help="never ask the runtime over CRI [OCIRESOLVE_NO_CRI=1]",
-    )
-
-
 def _add_operations_arguments(
-    parser: argparse.ArgumentParser, env: Mapping[str, str], *, metrics: bool
+    parser: argparse.ArgumentParser, defaults: Defaults, *, metrics: bool
 ) -> None:
-    default = functools.partial(_default, env)
-
     ops = parser.add_argument_group("operations")
     if metrics:
         ops.add_argument(
             "--metrics-address",
-            default=default("METRICS_ADDRESS", ""),
+            default=defaults.value("METRICS_ADDRESS", ""),
             metavar="HOST:PORT",
             help="serve /metrics, /healthz and /readyz here [OCIRESOLVE_METRICS_ADDRESS] "
             "(default: off)",
         )
     ops.add_argument(
         "--log-format",
-        type=_choice("logfmt", "json"),
+        type=choice("logfmt", "json"),
         metavar="{logfmt,json}",
-        default=default("LOG_FORMAT", "logfmt"),
+        default=defaults.value("LOG_FORMAT", "logfmt"),
         help="the daemon's own log lines, on stderr [OCIRESOLVE_LOG_FORMAT] (default: logfmt)",
     )
     ops.add_argument(
         "--log-level",
-        type=_choice(*LEVELS),
+        type=choice(*LEVELS),
         metavar="{" + ",".join(LEVELS) + "}",
-        default=default("LOG_LEVEL", "info"),
+        default=defaults.value("LOG_LEVEL", "info"),
         help="[OCIRESOLVE_LOG_LEVEL] (default: info)",
     )
 
 
 def _add_reporter_arguments(
-    parser: argparse.ArgumentParser, env: Mapping[str, str], *, always: bool
+    parser: argparse.ArgumentParser, defaults: Defaults, *, always: bool
 ) -> None:
-    default = functools.partial(_default, env)
-
     report = parser.add_argument_group(
         "the deprecation reporter",
         "containerd's deprecation warnings (containerd >= 1.7), attributed to the clients that "
@@ -268,26 +168,18 @@ def _add_reporter_arguments(
     if always:
         parser.set_defaults(report_deprecations=True)
     else:
-        report.add_argument(
+        add_flag(
+            report,
             "--report-deprecations",
-            nargs="?",
-            const=True,
-            type=_boolean("REPORT_DEPRECATIONS"),
-            default=_default(env, "REPORT_DEPRECATIONS", "false"),
-            help="poll containerd's deprecation warnings and report each new occurrence "
-            "[OCIRESOLVE_REPORT_DEPRECATIONS=1]",
+            defaults,
+            "REPORT_DEPRECATIONS",
+            "poll containerd's deprecation warnings and report each new occurrence",
         )
-    report.add_argument(
-        "--containerd-socket",
-        default=default("CONTAINERD_SOCKET"),
-        metavar="PATH",
-        help="containerd's API socket, on the host [OCIRESOLVE_CONTAINERD_SOCKET] (default: "
-        "the first of containerd's and k3s' sockets that exists)",
-    )
+    add_containerd_options(report, defaults)
     report.add_argument(
         "--deprecations-interval",
         type=_interval,
-        default=default("DEPRECATIONS_INTERVAL", "5"),
+        default=defaults.value("DEPRECATIONS_INTERVAL", "5"),
         metavar="SECONDS",
         help="how often to poll the warnings [OCIRESOLVE_DEPRECATIONS_INTERVAL] (default: 5)",
     )

@@ -20,7 +20,12 @@ PACKAGE: Final = Path(__file__).resolve().parents[2] / "ociresolve"
 
 # Top first. A name stands for the module and everything under it.
 LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
-    ("composition root", frozenset({"ociresolve.cli", "ociresolve.__main__", "ociresolve.daemon"})),
+    (
+        "composition root",
+        frozenset(
+            {"ociresolve.cli", "ociresolve.__main__", "ociresolve.daemon", "ociresolve.options"}
+        ),
+    ),
     ("consumers", frozenset({"ociresolve.tracer", "ociresolve.deprecations"})),
     (
         "resolution",
@@ -34,7 +39,7 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
                 "ociresolve.entries",
                 "ociresolve.cri",
                 "ociresolve.api",
-                "ociresolve.lookup",
+                "ociresolve.node",
             }
         ),
     ),
@@ -44,6 +49,7 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
             {
                 "ociresolve.runtimes",
                 "ociresolve.bundle",
+                "ociresolve.inspection",
                 "ociresolve.cgroup",
                 "ociresolve.proc",
                 "ociresolve.hostpaths",
@@ -51,7 +57,7 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
                 "ociresolve.errors",
                 "ociresolve.ids",
                 "ociresolve.render",
-                "ociresolve.grpcutil",
+                "ociresolve.channel",
             }
         ),
     ),

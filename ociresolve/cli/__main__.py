@@ -1,0 +1,7 @@
+"""``python -m ociresolve.cli``."""
+
+import sys
+
+from ociresolve.cli import main
+
+sys.exit(main())
