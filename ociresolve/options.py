@@ -64,6 +64,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def deadline(text: str) -> float:
+    """Seconds a call may take: more than 0 (every call has a deadline) and finite."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text}")
+    return value
+
+
 def boolean(variable: str) -> Callable[[str], bool]:
     """``--flag`` alone is true; ``--flag=false``, or the environment's ``variable``, say which."""
 

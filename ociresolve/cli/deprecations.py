@@ -17,6 +17,7 @@ from ociresolve.options import (
     add_daemon_options,
     add_json_option,
     add_node_options,
+    deadline,
 )
 from ociresolve.render import json_line, rfc3339_milli, table
 
@@ -42,7 +43,7 @@ def add_commands(commands: Commands) -> None:
     add_json_option(deprecations)
     add_containerd_options(deprecations)
     deprecations.add_argument(
-        "--timeout", type=float, default=2.0, metavar="SECONDS", help="deadline (default: 2)"
+        "--timeout", type=deadline, default=2.0, metavar="SECONDS", help="deadline (default: 2)"
     )
     deprecations.add_argument(
         "--clients",

@@ -211,3 +211,12 @@ def test_bad_values_are_usage_errors(command: str, capsys: pytest.CaptureFixture
         parse(command, "--grace-period", "soon")
     assert caught.value.code == 2
     assert "not a number of seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "soon"])
+def test_a_deadline_is_more_than_nothing(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every call has a deadline: ``--timeout 0`` is a usage error, not a call without one."""
+    with pytest.raises(SystemExit) as caught:
+        parse("deprecations", "--timeout", value)
+    assert caught.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
