@@ -207,7 +207,7 @@ class CriCacheSource:
         meta = None if cri is None else cri.cached(container_id)
         if cri is None or meta is None:
             return None, None
-        return meta, f"{cri.endpoint}: cached"
+        return meta, f"{cri.endpoint}: cached" if explain else None
 
 
 def _cri_miss(cri: CriFallback, before: dict[tuple[str, str], int]) -> str:
