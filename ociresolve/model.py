@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import msgspec
@@ -81,6 +82,11 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
     step: str
     result: str
     seconds: float
+
+    @classmethod
+    def since(cls, step: str, result: str, started: float) -> Step:
+        """The step that began at ``started`` (a ``time.perf_counter()``) and ends now."""
+        return cls(step=step, result=result, seconds=time.perf_counter() - started)
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):

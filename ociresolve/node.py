@@ -123,11 +123,13 @@ class Node:
         try:
             result = client.lookup_pid(pid, explain=explain)
         except DaemonUnavailable as exc:
-            steps.append(_step("daemon", f"{exc.reason}; scanning the node once instead", started))
+            steps.append(
+                Step.since("daemon", f"{exc.reason}; scanning the node once instead", started)
+            )
             return None
         finally:
             client.close()
-        steps.append(_step("daemon", f"{client.socket}: answered", started))
+        steps.append(Step.since("daemon", f"{client.socket}: answered", started))
         steps.extend(result.steps)
         return _from_daemon(pid, result, steps)
 
@@ -194,7 +196,3 @@ def _order(record: IndexedContainer) -> tuple[str, str, bool, str]:
         meta.container_type != "sandbox",
         meta.container_name or "",
     )
-
-
-def _step(step: str, result: str, started: float) -> Step:
-    return Step(step=step, result=result, seconds=time.perf_counter() - started)

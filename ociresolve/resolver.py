@@ -188,7 +188,7 @@ class Resolver:
         started = time.perf_counter()
         ref = read_cgroup(self.paths, pid)
         found = "host (no container in its cgroup)" if ref is None else ref.container_id
-        steps = [_step("cgroup", found, started)]
+        steps = [Step.since("cgroup", found, started)]
         if ref is None:
             return Explanation(pid=pid, container_id=None, resolution=None, steps=steps)
         resolution = self._walk(ref.container_id, steps)
@@ -235,7 +235,7 @@ class Resolver:
             started = time.perf_counter()
             meta, note = source.find(container_id, explain=True)
             if note is not None:
-                steps.append(_step(source.name, note, started))
+                steps.append(Step.since(source.name, note, started))
             if meta is not None:
                 return Resolution(meta=meta, source=source.name)
         return None
@@ -263,7 +263,3 @@ class Resolver:
 
 def _meta(resolution: Resolution | None) -> ContainerMeta | None:
     return None if resolution is None else resolution.meta
-
-
-def _step(step: str, result: str, started: float) -> Step:
-    return Step(step=step, result=result, seconds=time.perf_counter() - started)
