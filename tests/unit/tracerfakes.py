@@ -106,7 +106,7 @@ _UNESCAPE = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
 
 
 def parse_logfmt(line: str) -> list[tuple[str, str]]:
-    """A strict logfmt reader (go-logfmt's rules), independent of ``tracer.logfmt``."""
+    """A strict logfmt reader (go-logfmt's rules), independent of ``ociresolve.render``."""
     assert "\n" not in line
     pairs: list[tuple[str, str]] = []
     i = 0
