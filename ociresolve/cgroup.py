@@ -12,7 +12,9 @@ shapes, innermost component first:
 ``<id>`` (64 hex)                                       cgroupfs driver (``/kubepods/...``,
                                                         ``/docker/<id>``, ``/ecs/...``)
 ``crio-<id>`` ``libpod-<id>``                           cgroupfs driver (cri-o, podman)
-``<task>-<n>`` below ``/ecs/<task>/``                   AWS ECS (Fargate)
+``libpod-payload-<id>``                                 podman ``--cgroups=split`` (quadlet)
+``<task>-<n>`` below ``/ecs/``                          AWS ECS, Fargate (32 hex, digits)
+``<8>-<4>-<4>-<4>-<4>`` below ``garden/``               Cloud Foundry garden (hex groups)
 ``crio-conmon-<id>.scope`` ``libpod-conmon-<id>.scope``  runtime helpers: not containers
 ======================================================  =================================
 
@@ -21,6 +23,8 @@ skipped; the innermost container wins (kind/minikube nodes, docker-in-docker). T
 ``pod<uid>`` (cgroupfs) or ``kubepods[-<qos>]-pod<uid_with_underscores>.slice`` (systemd)
 component nearest above the container, and the QoS class comes from the same level
 (kubelet ``pkg/kubelet/cm/cgroup_manager_linux.go``, ``qos_container_manager_linux.go``).
+kubelet's cgroupfs driver may use the systemd-style names without the ``.slice`` suffix
+(``/kubepods/kubepods-besteffort/kubepods-besteffort-pod<uid_>/<id>``): the same pod.
 """
 
 from __future__ import annotations
@@ -43,22 +47,29 @@ _SCOPE_PREFIXES: Final[dict[str, str | None]] = {
     "crio": "cri-o",
     "docker": "docker",
     "libpod": "podman",
+    "libpod-payload": "podman",  # podman --cgroups=split (quadlet's default): <own cgroup>/...
     "crio-conmon": None,
     "libpod-conmon": None,
 }
 # The parent directory of a bare id under the cgroupfs driver -> runtime.
 _BARE_ID_PARENTS: Final[dict[str, str]] = {"docker": "docker"}
 
-# AWS ECS (Fargate) names a container <task id>-<number> below /ecs/<task id>/.
-_ECS_ROOT: Final = "ecs"
-_ECS_ID: Final = re.compile(r"[0-9a-f]{32}-[0-9]{1,10}")
+# Platforms whose container ids are not runtime ids, recognised only below the directory the
+# platform puts them in: that directory's name -> (the id's shape, the runtime it reveals).
+_PLATFORM_IDS: Final[dict[str, tuple[re.Pattern[str], str | None]]] = {
+    # AWS ECS and Fargate: /ecs/<task id>/<task id>-<number>, or /ecs/<task id>-<number>
+    "ecs": (re.compile(r"[0-9a-f]{32}-[0-9]{1,10}"), None),
+    # Cloud Foundry (garden, runc): /garden/<id> or /system.slice/garden.service/garden/<id>
+    "garden": (re.compile(r"[0-9a-f]{8}(?:-[0-9a-f]{4}){4}"), "garden"),
+}
 
 _QOS: Final[dict[str, QosClass]] = {"burstable": "burstable", "besteffort": "besteffort"}
 _KUBEPODS: Final = frozenset({"kubepods", "kubepods.slice"})
 # A pod UID: a UUID (underscored in systemd slice names) or a static pod's 32-hex hash.
 _UID: Final = r"[0-9a-fA-F]{8}[-_]?(?:[0-9a-fA-F]{4}[-_]?){3}[0-9a-fA-F]{12}"
 _CGROUPFS_POD: Final = re.compile(rf"pod({_UID})")
-_SYSTEMD_POD: Final = re.compile(rf"kubepods(?:-(burstable|besteffort))?-pod({_UID})\.slice")
+# The systemd driver's slice; kubelet's cgroupfs driver may use the same name without ".slice".
+_SYSTEMD_POD: Final = re.compile(rf"kubepods(?:-(burstable|besteffort))?-pod({_UID})(?:\.slice)?")
 
 _CACHE_SIZE: Final = 4096
 _CACHE_MAX_PATH: Final = 1024
@@ -183,8 +194,9 @@ def _container(components: Sequence[str], index: int) -> tuple[str, str | None] 
     if prefix in _SCOPE_PREFIXES and is_runtime_id(container_id):
         runtime = _SCOPE_PREFIXES[prefix]
         return (container_id, runtime) if runtime else ("", None)
-    if components[0] == _ECS_ROOT and _ECS_ID.fullmatch(component):
-        return component, None
+    for anchor, (shape, platform) in _PLATFORM_IDS.items():
+        if anchor in components and anchor in components[:index] and shape.fullmatch(component):
+            return component, platform
     return None
 
 

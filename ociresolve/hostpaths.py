@@ -13,12 +13,14 @@ from typing import Final
 
 import msgspec
 
+from ociresolve.ids import is_runtime_id
+
 # Runtime state directories watched when none are given.
 DEFAULT_RUNTIME_ROOTS: Final = (
     "/run/containerd",  # containerd
     "/run/k3s/containerd",  # k3s, RKE2
-    "/run/containers/storage",  # cri-o (containers-storage run root)
-    "/var/lib/containers/storage",  # podman (containers-storage graph root)
+    "/run/containers/storage",  # containers-storage run root (cri-o's bundles, podman's pid files)
+    "/var/lib/containers/storage",  # containers-storage graph root (podman's config.json)
 )
 
 
@@ -28,20 +30,53 @@ class Layout(msgspec.Struct, frozen=True):
     ``levels`` are the directory names from the root down to the bundle directory; ``*`` is
     any name (a namespace, a container id). ``id_level`` is the level whose name is the
     container id; ``pid_file`` is the file in the bundle holding the init process's PID.
+    ``runtime`` is the runtime that writes a ``config.json`` into such a bundle.
+
+    A store with two roots per container (containers-storage: a run root on tmpfs, a graph root
+    on disk that survives reboots) names ``graph_mark``, a directory only its graph root holds.
+    Only a run root says what runs: a graph root's bundles are never indexed on their own, they
+    are read to complete a run-root bundle that holds a pid file and no ``config.json``, which
+    is ``graph_runtime``'s (its ``config.json`` is in the graph root only).
     """
 
     levels: tuple[str, ...]
     id_level: int
     pid_file: str
+    runtime: str
+    graph_mark: str | None = None
+    graph_runtime: str | None = None
+
+    def is_graph_root(self, root: str) -> bool:
+        """Whether ``root`` is the graph root of a two-root store of this layout."""
+        return self.graph_mark is not None and os.path.isdir(f"{root}/{self.graph_mark}")
+
+    def container_id(self, bundle: str) -> str | None:
+        """The container id a bundle directory's path carries, if it has a runtime id's shape."""
+        parts = bundle.rstrip("/").split("/")
+        below = len(self.levels) - 1 - self.id_level  # levels below the id's, down to the bundle
+        name = parts[-1 - below] if len(parts) > below else ""
+        return name if is_runtime_id(name) else None
 
 
 LAYOUTS: Final = (
     # containerd's shim v2 tasks: <state>/io.containerd.runtime.v2.task/<namespace>/<id>/
-    Layout(("io.containerd.runtime.v2.task", "*", "*"), 2, "init.pid"),
+    Layout(("io.containerd.runtime.v2.task", "*", "*"), 2, "init.pid", "containerd"),
     # containerd's legacy v1 runtime: <state>/io.containerd.runtime.v1.linux/<namespace>/<id>/
-    Layout(("io.containerd.runtime.v1.linux", "*", "*"), 2, "init.pid"),
-    # containers-storage (cri-o, podman): <root>/overlay-containers/<id>/userdata/
-    Layout(("overlay-containers", "*", "userdata"), 1, "pidfile"),
+    Layout(("io.containerd.runtime.v1.linux", "*", "*"), 2, "init.pid", "containerd"),
+    # containers-storage: <root>/overlay-containers/<id>/userdata/ in the run root AND the graph
+    # root (containers/storage store.go: ContainerRunDirectory, ContainerDirectory). cri-o writes
+    # config.json into both and its pid file into the run root; podman writes config.json only
+    # into the graph root and its pid file only into the run root. The graph root alone holds
+    # the image store, <driver>-images/ (made when the store is first loaded, before any
+    # container): what tells it from the run root, whatever the two are called.
+    Layout(
+        ("overlay-containers", "*", "userdata"),
+        1,
+        "pidfile",
+        "cri-o",
+        graph_mark="overlay-images",
+        graph_runtime="podman",
+    ),
 )
 
 # CRI endpoints, in the order they are tried when none is given.
@@ -124,10 +159,20 @@ class HostPaths:
         return None
 
     def bundle_candidates(self, container_id: str) -> Iterator[tuple[str, Layout]]:
-        """The bundle directories where a container with this id could be, existing or not."""
+        """The bundle directories where a container with this id could be, existing or not;
+        never in a graph root (see ``Layout``)."""
         for root in self.runtime_roots:
             for layout in LAYOUTS:
-                yield from _expand(root, layout, container_id)
+                if not layout.is_graph_root(root):
+                    yield from _expand(root, layout, container_id)
+
+    def graph_bundles(self, container_id: str, layout: Layout) -> Iterator[str]:
+        """The directories where a graph root of ``layout`` would keep this container's
+        ``config.json``, existing or not."""
+        for root in self.runtime_roots:
+            if layout.is_graph_root(root):
+                for path, _ in _expand(root, layout, container_id):
+                    yield path
 
 
 def _expand(root: str, layout: Layout, container_id: str) -> Iterator[tuple[str, Layout]]:

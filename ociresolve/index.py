@@ -3,6 +3,10 @@
 Lookups are single ``dict.get`` calls with no lock (atomic under the GIL); writers hold one
 lock. Removed containers stay resolvable for ``grace_period`` seconds, then ``expire()``
 drops them; the number of tombstones is capped so that endless churn keeps memory bounded.
+
+Containers that are not Kubernetes ones (podman's) are kept apart, in ``standalone``: a lookup
+of one ends there ("podman container, not Kubernetes") instead of reading the disk or asking the
+CRI again. They have no pod, no cgroup-id mapping, no grace period and no subscriber.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Final
 
 import msgspec
 
-from ociresolve.model import Change, ContainerMeta, IndexedContainer
+from ociresolve.model import Change, ContainerMeta, IndexedContainer, StandaloneContainer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,9 @@ class Index:
         self.meta_by_cgroup: dict[int, ContainerMeta] = {}
         self._records: dict[str, IndexedContainer] = {}
         self._by_bundle: dict[str, str] = {}
+        # Containers that are not Kubernetes ones, by id and by bundle.
+        self.standalone: dict[str, StandaloneContainer] = {}
+        self._standalone_by_bundle: dict[str, str] = {}
         self._tombstones: OrderedDict[str, float] = OrderedDict()  # id -> removal time
         # Containers of containerd < 1.6.11 lack the pod UID: their sandbox has it.
         self._waiting_for_uid: dict[str, set[str]] = {}
@@ -89,6 +96,7 @@ class Index:
                 return
             if only_if_live and (old is None or old.removed or old.bundle != record.bundle):
                 return
+            self._drop_standalone(container_id)
             if old is not None and old.cgroup_id is not None and old.cgroup_id != record.cgroup_id:
                 self.meta_by_cgroup.pop(old.cgroup_id, None)
             self._tombstones.pop(container_id, None)
@@ -107,9 +115,23 @@ class Index:
             for other in joined:  # its containers, which learned their pod UID from it
                 self._publish(other, "updated")
 
+    def put_standalone(self, record: StandaloneContainer) -> None:
+        """Add or replace a container that is not a Kubernetes one."""
+        with self._lock:
+            if record.container_id in self._records:
+                return  # a Kubernetes record of the same id is what the node runs
+            old = self.standalone.get(record.container_id)
+            if old is not None and old.bundle != record.bundle:
+                self._standalone_by_bundle.pop(old.bundle, None)
+            self.standalone[record.container_id] = record
+            self._standalone_by_bundle[record.bundle] = record.container_id
+
     def remove_bundle(self, bundle: str) -> None:
         """The bundle directory went away: keep its container resolvable for the grace period."""
         with self._lock:
+            standalone = self._standalone_by_bundle.pop(bundle, None)
+            if standalone is not None:
+                self.standalone.pop(standalone, None)
             container_id = self._by_bundle.pop(bundle, None)
             record = None if container_id is None else self._records.get(container_id)
             if record is None or record.removed or container_id is None:
@@ -123,11 +145,13 @@ class Index:
     def remove_below(self, directory: str) -> None:
         """Every bundle below a removed directory (a namespace, a containers-storage id dir)."""
         prefix = directory.rstrip("/") + "/"
-        for bundle in [b for b in list(self._by_bundle) if b.startswith(prefix)]:
+        known = [*list(self._by_bundle), *list(self._standalone_by_bundle)]
+        for bundle in [b for b in known if b.startswith(prefix)]:
             self.remove_bundle(bundle)
 
     def bundles(self) -> set[str]:
-        return set(self._by_bundle)
+        """The bundle directories of every record, standalone containers' included."""
+        return set(self._by_bundle) | set(self._standalone_by_bundle)
 
     def expire(self) -> int:
         """Forget containers removed more than ``grace_period`` ago; return how many."""
@@ -169,6 +193,11 @@ class Index:
             subscription.close()
 
     # -- internals (lock held) -----------------------------------------------------------------
+
+    def _drop_standalone(self, container_id: str) -> None:
+        old = self.standalone.pop(container_id, None)
+        if old is not None:
+            self._standalone_by_bundle.pop(old.bundle, None)
 
     def _forget(self, container_id: str) -> None:
         self._tombstones.pop(container_id, None)

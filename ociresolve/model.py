@@ -65,6 +65,23 @@ class IndexedContainer(msgspec.Struct, frozen=True, kw_only=True):
     removed: bool = False
 
 
+class StandaloneContainer(msgspec.Struct, frozen=True, kw_only=True):
+    """A container the node runs that is not a Kubernetes one (podman's, or one of containerd
+    outside CRI): no pod to report, only what it is.
+
+    ``runtime`` is the runtime that runs it ("podman", "containerd", ...), as the bundle's place
+    on disk says; ``bundle`` is the directory the runtime keeps its state in (the one with its
+    pid file), ``config`` the ``config.json`` that describes it when found (podman keeps it in
+    its graph root, away from the pid file), ``pid`` its init process when known.
+    """
+
+    runtime: str
+    container_id: str
+    bundle: str
+    config: str | None = None
+    pid: int | None = None
+
+
 Source = Literal["index", "bundle", "cri"]
 
 
@@ -90,9 +107,13 @@ class Step(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Explanation(msgspec.Struct, frozen=True, kw_only=True):
-    """How a PID was resolved, step by step (``ociresolve lookup --explain``)."""
+    """How a PID was resolved, step by step (``ociresolve lookup --explain``).
+
+    ``standalone`` is set instead of ``resolution`` when the process runs in a container that
+    is not a Kubernetes one (a podman container)."""
 
     pid: int
     container_id: str | None
     resolution: Resolution | None
     steps: list[Step]
+    standalone: StandaloneContainer | None = None

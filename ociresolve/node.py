@@ -15,8 +15,10 @@ from typing import Literal
 import msgspec
 
 from ociresolve.api.client import DaemonClient, LookupResult
-from ociresolve.errors import DaemonUnavailable, OciresolveError, ProcessNotFound
-from ociresolve.model import ContainerMeta, IndexedContainer, Step
+from ociresolve.entries import read_entry
+from ociresolve.errors import BundleError, DaemonUnavailable, OciresolveError, ProcessNotFound
+from ociresolve.hostpaths import HostPaths
+from ociresolve.model import ContainerMeta, IndexedContainer, StandaloneContainer, Step
 from ociresolve.resolver import Resolver
 
 Via = Literal["daemon", "scan"]
@@ -27,9 +29,11 @@ class PidAnswer(msgspec.Struct, frozen=True, kw_only=True):
 
     ``meta`` and its ``source`` (``index``, ``bundle``, ``cri``) when it runs in a Kubernetes
     container; else ``container_id`` is the container its cgroup names (one nobody knows as a
-    Kubernetes container), or ``None`` for a host process. ``init_pid`` is the container's init
-    process when known. ``via`` says who answered; ``steps`` what was tried, with timings: the
-    daemon's own steps only with ``explain``, a scan's always.
+    Kubernetes container), or ``None`` for a host process. ``runtime`` names the container's
+    runtime when known, Kubernetes or not: with no ``meta``, the process runs in a container of
+    that runtime that is not a Kubernetes one (``"podman"``). ``init_pid`` is the container's
+    init process when known. ``via`` says who answered; ``steps`` what was tried, with timings:
+    the daemon's own steps only with ``explain``, a scan's always.
     """
 
     pid: int
@@ -37,6 +41,7 @@ class PidAnswer(msgspec.Struct, frozen=True, kw_only=True):
     container_id: str | None
     meta: ContainerMeta | None = None
     source: str | None = None
+    runtime: str | None = None
     init_pid: int | None = None
     steps: list[Step] = msgspec.field(default_factory=list)
 
@@ -131,7 +136,13 @@ class Node:
             client.close()
         steps.append(Step.since("daemon", f"{client.socket}: answered", started))
         steps.extend(result.steps)
-        return _from_daemon(pid, result, steps)
+        answer = _from_daemon(pid, result, steps)
+        if answer.meta is None and answer.container_id is not None:
+            # The daemon's API says only "not found": what is it, then? Its bundle says so.
+            other = self._standalone(answer.container_id)
+            if other is not None:
+                answer = msgspec.structs.replace(answer, runtime=other.runtime, init_pid=other.pid)
+        return answer
 
     def _scan_pid(self, pid: int, steps: list[Step]) -> PidAnswer:
         resolver = self._resolver()
@@ -146,15 +157,35 @@ class Node:
         finally:
             resolver.close()
         steps.extend(explanation.steps)
+        other = explanation.standalone
+        if found is not None:
+            runtime: str | None = found.meta.runtime
+            init_pid = record.pid if record is not None else None
+        else:
+            runtime = None if other is None else other.runtime
+            init_pid = None if other is None else other.pid
         return PidAnswer(
             pid=pid,
             via="scan",
             container_id=explanation.container_id,
             meta=found.meta if found is not None else None,
             source=found.source if found is not None else None,
-            init_pid=record.pid if record is not None else None,
+            runtime=runtime,
+            init_pid=init_pid,
             steps=steps,
         )
+
+    def _standalone(self, container_id: str) -> StandaloneContainer | None:
+        """The container with this id on disk when it is not a Kubernetes one (podman's)."""
+        paths = HostPaths(self.host_root, self.runtime_roots)
+        for bundle, layout in paths.bundle_candidates(container_id):
+            try:
+                record = read_entry(paths, bundle, layout).record
+            except BundleError:
+                continue
+            if record is not None:
+                return record if isinstance(record, StandaloneContainer) else None
+        return None
 
     def _resolver(self) -> Resolver:
         return Resolver(
@@ -179,6 +210,7 @@ def _from_daemon(pid: int, result: LookupResult, steps: list[Step]) -> PidAnswer
         container_id=record.meta.container_id,
         meta=record.meta,
         source=result.source,
+        runtime=record.meta.runtime,
         init_pid=record.pid,
         steps=steps,
     )

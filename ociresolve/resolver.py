@@ -25,6 +25,7 @@ from ociresolve.model import (
     Explanation,
     IndexedContainer,
     Resolution,
+    StandaloneContainer,
     Step,
 )
 from ociresolve.proc import read_cgroup
@@ -129,9 +130,12 @@ class Resolver:
     @sources.setter
     def sources(self, chain: Sequence[Source]) -> None:
         self._sources = tuple(chain)
-        # An untimed walk starts after the index when it leads: every caller looked there first.
-        rest = chain[1:] if chain and chain[0] is self._index_source else chain
-        self._miss_path = tuple((source.find, source.name) for source in rest)
+        # When the index leads, every caller of an untimed walk looked up its Kubernetes
+        # records first: the walk starts with the rest of it, the containers that are not.
+        path = [(source.find, source.name) for source in chain]
+        if chain and chain[0] is self._index_source:
+            path[0] = (self._index_source.find_standalone, self._index_source.name)
+        self._miss_path = tuple(path)
 
     @property
     def watcher(self) -> Watcher | None:
@@ -173,7 +177,7 @@ class Resolver:
         meta = self._by_id.get(container_id)
         if meta is not None:
             return Resolution(meta=meta, source="index")
-        return self._walk(container_id, None)
+        return _resolution(self._walk(container_id, None))
 
     def resolve_pid(self, pid: int) -> Resolution | None:
         """``lookup_pid`` that also says where the answer came from."""
@@ -187,13 +191,17 @@ class Resolver:
         """
         started = time.perf_counter()
         ref = read_cgroup(self.paths, pid)
-        found = "host (no container in its cgroup)" if ref is None else ref.container_id
-        steps = [Step.since("cgroup", found, started)]
+        what = "host (no container in its cgroup)" if ref is None else ref.container_id
+        steps = [Step.since("cgroup", what, started)]
         if ref is None:
             return Explanation(pid=pid, container_id=None, resolution=None, steps=steps)
-        resolution = self._walk(ref.container_id, steps)
+        found = self._walk(ref.container_id, steps)
         return Explanation(
-            pid=pid, container_id=ref.container_id, resolution=resolution, steps=steps
+            pid=pid,
+            container_id=ref.container_id,
+            resolution=_resolution(found),
+            steps=steps,
+            standalone=found if isinstance(found, StandaloneContainer) else None,
         )
 
     def pod_labels(self, sandbox_id: str) -> dict[str, str] | None:
@@ -222,22 +230,30 @@ class Resolver:
 
     # -- misses --------------------------------------------------------------------------------
 
-    def _walk(self, container_id: str, steps: list[Step] | None) -> Resolution | None:
-        """Ask each source in turn; the first answer wins. With ``steps``, each source that
-        tried something adds its step, timed (``explain_pid``): the walk is the same."""
+    def _walk(
+        self, container_id: str, steps: list[Step] | None
+    ) -> Resolution | StandaloneContainer | None:
+        """Ask each source in turn; the first answer wins: a Kubernetes container, or one that
+        is not (a podman container), which nobody would know otherwise. With ``steps``, each
+        source that tried something adds its step, timed (``explain_pid``): the walk is the
+        same."""
         if steps is None:
             for find, name in self._miss_path:
-                meta = find(container_id)[0]
-                if meta is not None:
-                    return Resolution(meta=meta, source=name)
+                found = find(container_id)[0]
+                if isinstance(found, ContainerMeta):
+                    return Resolution(meta=found, source=name)
+                if found is not None:
+                    return found
             return None
         for source in self._sources:
             started = time.perf_counter()
-            meta, note = source.find(container_id, explain=True)
+            found, note = source.find(container_id, explain=True)
             if note is not None:
                 steps.append(Step.since(source.name, note, started))
-            if meta is not None:
-                return Resolution(meta=meta, source=source.name)
+            if isinstance(found, ContainerMeta):
+                return Resolution(meta=found, source=source.name)
+            if found is not None:
+                return found
         return None
 
     def _cgroup_miss(self, cgroup_id: int) -> ContainerMeta | None:
@@ -261,5 +277,9 @@ class Resolver:
         return None
 
 
-def _meta(resolution: Resolution | None) -> ContainerMeta | None:
-    return None if resolution is None else resolution.meta
+def _meta(found: Resolution | StandaloneContainer | None) -> ContainerMeta | None:
+    return found.meta if isinstance(found, Resolution) else None
+
+
+def _resolution(found: Resolution | StandaloneContainer | None) -> Resolution | None:
+    return found if isinstance(found, Resolution) else None

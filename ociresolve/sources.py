@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeAlias
 
 from ociresolve.cri.client import CriClient, GrpcCriClient
 from ociresolve.cri.fallback import CriFallback, Observer
@@ -22,8 +22,15 @@ from ociresolve.entries import read_entry
 from ociresolve.errors import BundleError
 from ociresolve.hostpaths import HostPaths
 from ociresolve.index import Index
-from ociresolve.model import CgroupRef, ContainerMeta, Resolution
+from ociresolve.model import (
+    CgroupRef,
+    ContainerMeta,
+    IndexedContainer,
+    Resolution,
+    StandaloneContainer,
+)
 from ociresolve.model import Source as SourceName
+from ociresolve.render import short_id
 
 # While no CRI socket exists, look for one again at most this often.
 SOCKET_RECHECK: Final = 5.0
@@ -32,6 +39,10 @@ SOCKET_RECHECK: Final = 5.0
 DISK_MISS_TTL: Final = 1.0
 DISK_MISSES: Final = 4096
 _RECENT_DISK_MISS: Final = f"none (looked for less than {DISK_MISS_TTL:g} s ago)"
+
+# What a source finds: a Kubernetes container, a container that is not one (which ends the
+# walk: nothing else would know it as Kubernetes), or nothing.
+Found: TypeAlias = ContainerMeta | StandaloneContainer | None
 
 
 class Resolving(Protocol):
@@ -54,14 +65,20 @@ class Source(Protocol):
     the id), and ``--explain`` shows no step for it. ``find`` never
     raises for a container it cannot read: that is a miss. ``name`` is what
     ``Resolution.source`` says for its answers, and what names its ``--explain`` step.
+    A ``StandaloneContainer`` (a podman container) ends the walk with no Kubernetes answer.
     """
 
     @property
     def name(self) -> SourceName: ...
 
-    def find(
-        self, container_id: str, explain: bool = False
-    ) -> tuple[ContainerMeta | None, str | None]: ...
+    def find(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]: ...
+
+
+def standalone_note(record: StandaloneContainer) -> str:
+    """What ``--explain`` says of a container that is not a Kubernetes one, and where it was
+    found: "podman container <short id> (not Kubernetes): <its config.json>"."""
+    where = record.config or record.bundle
+    return f"{record.runtime} container {short_id(record.container_id)} (not Kubernetes): {where}"
 
 
 class IndexSource:
@@ -71,12 +88,20 @@ class IndexSource:
 
     def __init__(self, index: Index) -> None:
         self._by_id = index.meta_by_id
+        self._standalone = index.standalone
 
-    def find(
-        self, container_id: str, explain: bool = False
-    ) -> tuple[ContainerMeta | None, str | None]:
+    def find(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]:
         meta = self._by_id.get(container_id)
-        return meta, "miss" if meta is None else "hit"
+        if meta is not None:
+            return meta, "hit"
+        return self.find_standalone(container_id, explain)
+
+    def find_standalone(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]:
+        """Only the containers that are not Kubernetes ones (a caller looked up the others)."""
+        other = self._standalone.get(container_id)
+        if other is None:
+            return None, "miss"
+        return other, standalone_note(other) if explain else None
 
 
 class BundleSource:
@@ -97,22 +122,26 @@ class BundleSource:
         self._watching = watching
         self._misses: dict[str, float] = {}  # container id -> perf_counter() expiry
 
-    def find(
-        self, container_id: str, explain: bool = False
-    ) -> tuple[ContainerMeta | None, str | None]:
+    def find(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]:
         if self._misses.get(container_id, 0.0) > time.perf_counter() and self._watching():
             return None, _RECENT_DISK_MISS
         for bundle, layout in self._paths.bundle_candidates(container_id):
             try:
-                record = read_entry(self._paths, bundle, layout)
+                record = read_entry(self._paths, bundle, layout).record
             except BundleError:
                 continue
-            if record is not None:
+            if record is None:
+                continue
+            if isinstance(record, IndexedContainer):
                 self._index.put(record)
-                if not os.path.isdir(bundle):
-                    # Removed while we read it, maybe before the watcher knew of it: no ghost.
-                    self._index.remove_bundle(bundle)
+            else:
+                self._index.put_standalone(record)
+            if not os.path.isdir(bundle):
+                # Removed while we read it, maybe before the watcher knew of it: no ghost.
+                self._index.remove_bundle(bundle)
+            if isinstance(record, IndexedContainer):
                 return record.meta, bundle
+            return record, standalone_note(record)
         if len(self._misses) >= DISK_MISSES:
             self._misses.clear()
         self._misses[container_id] = time.perf_counter() + DISK_MISS_TTL
@@ -167,9 +196,7 @@ class CriSource:
                     self.fallback = CriFallback(client, observer=self._observer)
             return self.fallback
 
-    def find(
-        self, container_id: str, explain: bool = False
-    ) -> tuple[ContainerMeta | None, str | None]:
+    def find(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]:
         cri = self.fallback or self.connect()
         if cri is None:
             return None, "no CRI socket found" if self.enabled else "off"
@@ -200,9 +227,7 @@ class CriCacheSource:
     def __init__(self, cri: CriSource) -> None:
         self._cri = cri
 
-    def find(
-        self, container_id: str, explain: bool = False
-    ) -> tuple[ContainerMeta | None, str | None]:
+    def find(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]:
         cri = self._cri.fallback
         meta = None if cri is None else cri.cached(container_id)
         if cri is None or meta is None:

@@ -8,6 +8,12 @@ the runtime's pid file appearing records the init PID and the cgroup id; the dir
 removal or rename (containerd renames ``<id>`` to ``.<id>`` before deleting it) starts its
 grace period. A root that does not exist yet is watched from its nearest existing parent. A
 queue overflow triggers a full rescan that keeps no ghost and loses nothing.
+
+A running container costs no watch of its own: a bundle is watched only until it is final
+(``entries.Entry``: its init PID known, or no process will ever run), a directory whose only
+child of interest has a fixed name (containers-storage's ``<id>/`` of ``userdata/``) only until
+that child is there; their removal is seen from the directory above. A graph root of
+containers-storage is not descended into: only its run root says what runs (``Layout``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from ociresolve.entries import read_entry, with_pid
 from ociresolve.errors import BundleError
 from ociresolve.hostpaths import LAYOUTS, HostPaths, Layout
 from ociresolve.index import Index
+from ociresolve.model import IndexedContainer
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +63,22 @@ class _Watch:
     def is_bundle(self) -> bool:
         return self.layout is not None and self.depth == len(self.layout.levels)
 
+    @property
+    def only_child(self) -> str | None:
+        """The name of the one subdirectory of interest, when the layout fixes it."""
+        if self.layout is None or self.is_bundle:
+            return None
+        name = self.layout.levels[self.depth]
+        return None if name == "*" else name
+
     def child(self, name: str) -> _Watch | None:
         """The watch a subdirectory ``name`` would get, if it belongs to a layout."""
         path = f"{self.path}/{name}"  # os.path.join costs more, once per bundle
         if self.layout is None:
             layout = next((lay for lay in LAYOUTS if lay.levels[0] == name), None)
-            return None if layout is None else _Watch(path, layout, 1)
+            if layout is None or layout.is_graph_root(self.path):
+                return None
+            return _Watch(path, layout, 1)
         if self.is_bundle:
             return None
         expected = self.layout.levels[self.depth]
@@ -81,6 +98,7 @@ class Watcher:
         self.overflows = 0
         self.bundle_errors = 0
         self.watch_errors = 0
+        self.unwatched = 0  # watches removed once what they waited for was there
         self._inotify: INotify | None = None
         self._watches: dict[int, _Watch] = {}
         self._parents: dict[int, set[str]] = {}  # watched parent -> missing roots below it
@@ -169,9 +187,9 @@ class Watcher:
             if watch is None:
                 continue
             if watch.is_bundle:
-                self._bundle_event(watch, mask, name)
+                self._bundle_event(wd, watch, mask, name)
             elif mask & f.ISDIR:
-                self._directory_event(watch, mask, name)
+                self._directory_event(wd, watch, mask, name)
         if overflow:
             self.overflows += 1
             log.warning("watcher: inotify queue overflow; rescanning")
@@ -179,45 +197,62 @@ class Watcher:
 
     # -- events --------------------------------------------------------------------------------
 
-    def _directory_event(self, watch: _Watch, mask: int, name: str) -> None:
+    def _directory_event(self, wd: int, watch: _Watch, mask: int, name: str) -> None:
         child = watch.child(name)
         if child is None:
             return
         if mask & _ADDED:
             self._add(child, None)
+            if name == watch.only_child:
+                self._unwatch(wd)  # what it waited for is there; its removal is seen above
         elif mask & _GONE:
             if child.is_bundle:
                 self.index.remove_bundle(child.path)
             else:
                 self.index.remove_below(child.path)
 
-    def _bundle_event(self, watch: _Watch, mask: int, name: str) -> None:
+    def _bundle_event(self, wd: int, watch: _Watch, mask: int, name: str) -> None:
         assert watch.layout is not None
         if not mask & _WRITTEN:
             return
         if name == CONFIG_NAME:
-            self._index_bundle(watch)
+            final = self._index_bundle(watch)
         elif name == watch.layout.pid_file:
             record = self.index.by_bundle(watch.path)
-            if record is not None:
-                self.index.put(with_pid(self.paths, record, watch.layout), only_if_live=True)
+            if record is None:  # no config.json read here yet: podman's, or cri-o's to come
+                final = self._index_bundle(watch)
+            else:
+                record = with_pid(self.paths, record, watch.layout)
+                self.index.put(record, only_if_live=True)
+                final = record.pid is not None
+        else:
+            return
+        if final:
+            self._unwatch(wd)
 
     # -- watching and scanning -----------------------------------------------------------------
 
     def _add(self, watch: _Watch, found: set[str] | None) -> None:
         """Watch a directory, then scan it: its subdirectories, or a bundle's files.
 
-        A bundle that is complete when found (a Kubernetes container with its init PID and its
-        cgroup id) is not watched: nothing the index reads changes in it any more, and its
-        removal is seen from its parent. That is one inotify watch fewer per running container
-        (and per rescan), which the start-up scan of a busy node feels.
+        A bundle that is final when found (its init PID known, or no process will ever run) is
+        not watched: nothing the index reads changes in it any more, and its removal is seen
+        from its parent; nor is a directory whose only child of interest is there already.
+        That is no inotify watch per running container (and per rescan), which the start-up
+        scan of a busy node feels.
         """
         if watch.is_bundle:
             if found is not None:
                 found.add(watch.path)
-            complete = self._index_bundle(watch, quiet=self._inotify is not None)
-            if complete or self._inotify is None:
+            final = self._index_bundle(watch, quiet=self._inotify is not None)
+            if final or self._inotify is None:
                 return
+        elif watch.only_child is not None and os.path.isdir(f"{watch.path}/{watch.only_child}"):
+            child = watch.child(watch.only_child)
+            if child is not None:
+                self._add(child, found)
+            return
+        wd = -1
         if self._inotify is not None:
             try:
                 wd = self._inotify.add_watch(
@@ -235,7 +270,8 @@ class Watcher:
                 self._watches[wd] = watch
         if watch.is_bundle:
             # Again, now that the watch exists: what was written before it sent no event.
-            self._index_bundle(watch)
+            if self._index_bundle(watch) and wd >= 0:
+                self._unwatch(wd)
             return
         try:
             with os.scandir(watch.path) as entries:
@@ -246,25 +282,37 @@ class Watcher:
             child = watch.child(name)
             if child is not None:
                 self._add(child, found)
+        if wd >= 0 and watch.only_child is not None and watch.only_child in names:
+            self._unwatch(wd)  # created between the check above and the watch
 
     def _index_bundle(self, watch: _Watch, *, quiet: bool = False) -> bool:
-        """Index a bundle; true when its record is complete (nothing left to learn in it).
+        """Index a bundle; true when it is final (nothing left to learn in it).
 
         ``quiet``: a final error is not reported (it will be, on the read that follows)."""
         assert watch.layout is not None
         try:
-            record = read_entry(self.paths, watch.path, watch.layout)
+            entry = read_entry(self.paths, watch.path, watch.layout)
         except BundleError as exc:
             if not exc.retryable and not quiet:  # a half-written file waits for its close
                 self.bundle_errors += 1
                 log.warning("watcher: %s", exc)
             return False
-        if record is None:
-            return False
-        self.index.put(record)
-        return record.pid is not None and (
-            record.cgroup_id is not None or self.paths.cgroup2 is None
-        )
+        record = entry.record
+        if isinstance(record, IndexedContainer):
+            self.index.put(record)
+        elif record is not None:
+            self.index.put_standalone(record)
+        return entry.final
+
+    def _unwatch(self, wd: int) -> None:
+        """Remove a watch that has nothing left to wait for."""
+        if self._watches.pop(wd, None) is None or self._inotify is None:
+            return
+        try:
+            self._inotify.rm_watch(wd)
+        except OSError:
+            return  # gone with its directory already: IN_IGNORED is on its way
+        self.unwatched += 1
 
     def _watch_parent_of(self, root: str, found: set[str] | None = None) -> None:
         """Watch the nearest existing parent of a root that does not exist yet."""

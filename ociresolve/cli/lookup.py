@@ -26,8 +26,9 @@ def add_commands(commands: Commands) -> None:
     lookup = commands.add_parser(
         "lookup",
         help="the pod and container a process runs in",
-        description="Exit 0 with the record when PID is in a container, 1 when it is a host "
-        "process, 2 when there is no such process or on errors.",
+        description="Exit 0 with the record when PID is in a Kubernetes container, 1 when it "
+        "is a host process or in a container that is not a Kubernetes one (podman's), 2 when "
+        "there is no such process or on errors.",
     )
     lookup.add_argument("pid", type=int, metavar="PID")
     add_json_option(lookup, lines=False)
@@ -69,6 +70,11 @@ def _lookup(args: argparse.Namespace) -> int:
     if answer.meta is None:
         if answer.container_id is None:
             error(f"pid {args.pid} is not in a container")
+        elif answer.runtime is not None:
+            error(
+                f"pid {args.pid} is in {printable(answer.runtime)} container "
+                f"{short_id(answer.container_id)}, not a Kubernetes container"
+            )
         else:
             tried = [step for step in answer.steps if step.step != "daemon"]
             why = (

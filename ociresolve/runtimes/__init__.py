@@ -1,15 +1,22 @@
 """Runtime detection and annotation normalization.
 
 Each runtime is one module with a key table (``KEYS``), the keys that identify it
-(``MARKERS``), its container-type values and a ``complete()`` step for what its
-plain keys lack. Everything here is derived from those tables.
+(``MARKERS``), what it writes as ``io.container.manager`` (``MANAGER``), its container-type
+values and a ``complete()`` step for what its plain keys lack. Everything here is derived from
+those tables.
+
+Who wrote a bundle is decided by evidence a tenant cannot forge, before any key it can set: the
+bundle's place on disk first (``place``: the runtime its layout names, see
+``hostpaths.LAYOUTS``), then keys only one runtime writes (cri-o's own keys and the kubelet pod
+keys it overwrites; containerd's markers), and only then ``io.container.manager``, which any pod
+annotation can set on cri-o.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import ModuleType
-from typing import Final, cast
+from typing import Final, NamedTuple, cast
 
 import msgspec
 
@@ -18,26 +25,44 @@ from ociresolve.model import ContainerMeta, ContainerType
 from ociresolve.runtimes import containerd, crio, podman
 from ociresolve.runtimes._keys import KUBELET_LABELS, Found, pick, setdefault_str
 
-__all__ = ["detect", "detect_runtime", "normalize", "normalize_cri"]
+__all__ = ["Normalized", "detect", "detect_runtime", "normalize", "normalize_at", "normalize_cri"]
 
-# ``io.container.manager`` names the manager outright (podman >= 1.6, cri-o >= 1.16).
+RUNTIMES: Final = (crio, containerd, podman)
+# ``io.container.manager`` names the manager (podman >= 1.6, cri-o >= 1.16).
 MANAGER_KEY: Final = "io.container.manager"
-_BY_MANAGER: Final[Mapping[str, ModuleType]] = {"libpod": podman, "cri-o": crio}
-# Otherwise the first runtime one of whose marker keys is present.
-_BY_MARKER: Final = tuple((runtime, frozenset(runtime.MARKERS)) for runtime in (crio, containerd))
+_BY_MANAGER: Final[Mapping[str, ModuleType]] = {r.MANAGER: r for r in RUNTIMES if r.MANAGER}
+# The runtimes whose bundles a layout's place may hold: podman shares cri-o's storage.
+_SHARING: Final[Mapping[str, tuple[ModuleType, ...]]] = {
+    containerd.NAME: (containerd,),
+    crio.NAME: (crio, podman),
+}
+_CRIO_MARKERS: Final = frozenset(crio.MARKERS)
+_CRIO_OVERWRITTEN: Final = frozenset(crio.OVERWRITTEN)
+_PODMAN_CRIO_KEYS: Final = frozenset(podman.CRIO_KEYS)
+_CONTAINERD_MARKERS: Final = frozenset(containerd.MARKERS)
 
 _META_FIELDS: Final = frozenset(ContainerMeta.__struct_fields__) - {"runtime", "container_type"}
 
 
-def detect(annotations: Mapping[str, str]) -> ModuleType | None:
-    """The runtime module that wrote these annotations, or ``None`` when none is recognised."""
+def detect(annotations: Mapping[str, str], place: str | None = None) -> ModuleType | None:
+    """The runtime module that wrote these annotations, or ``None`` when none is recognised.
+
+    ``place`` is the runtime the bundle's layout names (``Layout.runtime``): the keys then only
+    tell apart the runtimes that share that place. In order: cri-o's own evidence (its kubelet
+    pod keys with a marker, or a cri-o key podman never wrote), containerd's markers, then
+    ``io.container.manager``, then cri-o markers that are all podman's (podman < 1.6).
+    """
+    among = RUNTIMES if place is None else _SHARING.get(place, ())
+    crio_marked = not _CRIO_MARKERS.isdisjoint(annotations)
+    if crio in among and _wrote_crio(annotations, crio_marked):
+        return crio
+    if containerd in among and not _CONTAINERD_MARKERS.isdisjoint(annotations):
+        return containerd
     manager = annotations.get(MANAGER_KEY)
     if manager is not None:
-        return _BY_MANAGER.get(manager)
-    for runtime, markers in _BY_MARKER:
-        if not markers.isdisjoint(annotations):
-            return runtime
-    return None
+        runtime = _BY_MANAGER.get(manager)
+        return runtime if runtime in among else None
+    return podman if crio_marked and podman in among else None
 
 
 def detect_runtime(annotations: Mapping[str, str]) -> str | None:
@@ -58,23 +83,64 @@ def normalize(
     ``container_id`` is the id the runtime gave the bundle outside its annotations
     (containerd's bundle directory name); ``cgroups_path`` is the spec's ``linux.cgroupsPath``,
     which may carry the pod UID. Returns ``None`` when the annotations are not those of a
-    Kubernetes container (plain podman, docker, no annotations at all).
+    Kubernetes container (podman, docker, no annotations at all).
     """
-    runtime = detect(annotations)
+    return _normalize(detect(annotations), annotations, container_id, cgroups_path, False)
+
+
+class Normalized(NamedTuple):
+    """What ``normalize_at`` makes of a bundle found on disk."""
+
+    meta: ContainerMeta | None  # None: not a Kubernetes container
+    runtime: str  # the runtime that wrote it, Kubernetes or not
+    runs: bool  # a process will run in it (false: cri-o's dropped infra container)
+
+
+def normalize_at(
+    place: str,
+    annotations: Mapping[str, str],
+    *,
+    container_id: str | None,
+    cgroups_path: str | None = None,
+) -> Normalized:
+    """``normalize`` for a bundle found on disk, whose place names its runtime (``place``, its
+    layout's ``runtime``), and whose directory names it (``container_id``, the bundle's own id:
+    it wins over any id the annotations claim, and a sandbox is its own sandbox).
+
+    The runtime is the one the keys tell among those sharing the place, else the place's.
+    """
+    runtime = detect(annotations, place)
+    if runtime is None:
+        return Normalized(None, place, True)
+    meta = _normalize(runtime, annotations, container_id, cgroups_path, True)
+    no_process: Mapping[str, str] = runtime.NO_PROCESS
+    runs = all(annotations.get(key) != value for key, value in no_process.items())
+    return Normalized(meta, cast(str, runtime.NAME), runs)
+
+
+def _normalize(
+    runtime: ModuleType | None,
+    annotations: Mapping[str, str],
+    container_id: str | None,
+    cgroups_path: str | None,
+    own_id: bool,
+) -> ContainerMeta | None:
     if runtime is None or not runtime.KUBERNETES:
         return None
     found: Found = {}
     pick(annotations, runtime.KEYS, found)
     runtime.complete(annotations, found)
 
-    if container_id and "container_id" not in found:
+    if container_id and (own_id or "container_id" not in found):
         found["container_id"] = container_id
     container_type = _container_type(runtime.CONTAINER_TYPES, found)
     if container_type is None:
         return None
     if container_type == "sandbox":
         # A sandbox is its own sandbox; it runs no named container ("POD" in cri-o).
-        sandbox_id = found.get("sandbox_id") or found.get("container_id")
+        sandbox_id = (container_id if own_id else None) or (
+            found.get("sandbox_id") or found.get("container_id")
+        )
         if sandbox_id:
             found["sandbox_id"] = found["container_id"] = sandbox_id
         found.pop("container_name", None)
@@ -84,6 +150,17 @@ def normalize(
             found["pod_uid"] = uid
     fields = {name: value for name, value in found.items() if name in _META_FIELDS}
     return ContainerMeta(runtime=runtime.NAME, container_type=container_type, **fields)
+
+
+def _wrote_crio(annotations: Mapping[str, str], marked: bool) -> bool:
+    """cri-o's evidence, beside one of its markers (it writes them on everything it creates):
+    kubelet's pod keys (the common case, a set operation), else a cri-o key podman never wrote."""
+    if not marked:
+        return False
+    if not _CRIO_OVERWRITTEN.isdisjoint(annotations):
+        return True
+    prefix = crio.PREFIX
+    return any(key.startswith(prefix) and key not in _PODMAN_CRIO_KEYS for key in annotations)
 
 
 def normalize_cri(

@@ -13,6 +13,8 @@ from ociresolve.runtimes._keys import Found, KeyTable
 
 NAME: Final = "containerd"
 KUBERNETES: Final = True
+# It writes no ``io.container.manager``.
+MANAGER: Final = None
 
 KEYS: Final[KeyTable] = {
     "container_type": ("io.kubernetes.cri.container-type",),  # 1.0
@@ -32,6 +34,9 @@ KEYS: Final[KeyTable] = {
 MARKERS: Final = KEYS["container_type"] + KEYS["sandbox_id"]
 
 CONTAINER_TYPES: Final[Mapping[str, str]] = {"sandbox": "sandbox", "container": "container"}
+
+# Every container it writes a bundle for runs a process.
+NO_PROCESS: Final[Mapping[str, str]] = {}
 
 
 def complete(annotations: Mapping[str, str], found: Found) -> None:

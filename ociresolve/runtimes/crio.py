@@ -20,6 +20,10 @@ from ociresolve.runtimes._keys import (
 
 NAME: Final = "cri-o"
 KUBERNETES: Final = True
+# What it writes as ``io.container.manager`` (cri-o >= 1.16).
+MANAGER: Final = "cri-o"
+# Every key of its own starts so; podman borrowed a few (see podman.CRIO_KEYS).
+PREFIX: Final = "io.kubernetes.cri-o."
 
 KEYS: Final[KeyTable] = {
     "container_type": ("io.kubernetes.cri-o.ContainerType",),
@@ -47,7 +51,18 @@ KEYS: Final[KeyTable] = {
 
 MARKERS: Final = KEYS["container_type"] + KEYS["sandbox_id"] + KEYS["container_id"]
 
+# Kubelet's pod keys: cri-o writes them on every sandbox over whatever a pod annotation said
+# (a tenant cannot change or remove them), and on every container kubelet creates. podman never
+# writes them (``podman kube play`` included), so with a marker they say cri-o.
+OVERWRITTEN: Final = (
+    KUBELET_LABELS["pod_name"] + KUBELET_LABELS["pod_namespace"] + KUBELET_LABELS["pod_uid"]
+)
+
 CONTAINER_TYPES: Final[Mapping[str, str]] = {"sandbox": "sandbox", "container": "container"}
+
+# Values that say no process will ever run: the infra container cri-o drops (drop_infra_ctr,
+# default since 1.22) is written with a config.json but never started, so it never has a pid.
+NO_PROCESS: Final[Mapping[str, str]] = {KEYS["spoofed"][0]: "true"}
 
 _POD_NAME_FIELDS: Final = ("pod_name", "pod_namespace", "pod_uid")
 

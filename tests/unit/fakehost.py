@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -31,12 +32,16 @@ PODMAN_FIXTURE: Final = (
     FIXTURES / "bundles" / "podman" / "2021-09-standalone-container-inspect-docs"
 )
 CGROUP_FILES: Final = FIXTURES / "cgroups" / "files"
+CRIO_CAPTURES: Final = FIXTURES / "bundles" / "cri-o"
+PODMAN_CAPTURES: Final = FIXTURES / "bundles" / "podman"
 
 # Runtime roots as seen on the host (below the host root here).
 CONTAINERD_ROOT: Final = "/run/containerd"
-CRIO_ROOT: Final = "/run/containers/storage"
+CRIO_ROOT: Final = "/run/containers/storage"  # containers-storage's run root
+GRAPH_ROOT: Final = "/var/lib/containers/storage"  # containers-storage's graph root
 TASKS: Final = "io.containerd.runtime.v2.task"
 STORAGE: Final = "overlay-containers"
+IMAGES: Final = "overlay-images"  # only a graph root has it
 
 _CAPTURED_ID: Final = "50706bd2bb814fd1e6d7009434ebdaa7373b236ab09fb25992094ae1ff2355c4"
 _CAPTURED_UID: Final = "aa20704d-63f2-4451-9018-50a4ac153cdc"
@@ -128,6 +133,62 @@ def podman_spec() -> dict[str, Any]:
     return _template(PODMAN_FIXTURE)
 
 
+@dataclass(frozen=True)
+class Capture:
+    """A live capture kept in ``fixtures/bundles`` (see its PROVENANCE.md): the container's
+    ``config.json``, the listing of its ``userdata/`` in each containers-storage root, the PID of
+    its first process and that process's ``/proc/<pid>/cgroup``."""
+
+    case: Path
+    container_id: str
+    pid: int | None
+    kubernetes: bool
+    expected: dict[str, Any] | None
+
+    @classmethod
+    def load(cls, case: Path) -> Capture:
+        truth = json.loads((case / "expected.json").read_text())
+        pid = (case / "pid").read_text().strip()
+        return cls(
+            case=case,
+            container_id=truth["container_id"],
+            pid=int(pid) if pid.isdigit() else None,
+            kubernetes=truth["kubernetes"],
+            expected=truth["expected"],
+        )
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return _template(self.case)
+
+    @property
+    def cgroups_path(self) -> str:
+        return str(self.spec["linux"]["cgroupsPath"])
+
+    @property
+    def proc_cgroup(self) -> str | None:
+        path = self.case / "proc_pid_cgroup"
+        return path.read_text() if path.exists() else None
+
+    def listing(self) -> dict[str, list[tuple[str, str, int]]]:
+        """Per ``userdata/`` directory (its host path), its entries: (name, kind, size), kind
+        being ``ls -l``'s first letter (``-`` file, ``d`` directory, ``s`` socket, ``p`` FIFO)."""
+        listing: dict[str, list[tuple[str, str, int]]] = {}
+        entries: list[tuple[str, str, int]] = []
+        for line in (self.case / "bundle_files.txt").read_text().splitlines():
+            if line.startswith("# "):
+                entries = listing.setdefault(line[2:].split()[0], [])
+            elif line and not line.startswith("total"):
+                fields = line.split()
+                if fields[-1] not in (".", ".."):
+                    entries.append((fields[-1], fields[0][0], int(fields[4])))
+        return listing
+
+
+def captures(runtime_dir: Path) -> list[Capture]:
+    return [Capture.load(case.parent) for case in sorted(runtime_dir.glob("*-capture/pid"))]
+
+
 def encode(spec: dict[str, Any]) -> bytes:
     return json.dumps(spec).encode()
 
@@ -158,6 +219,7 @@ class FakeHost:
         self.root = root
         self.containerd = self.path(CONTAINERD_ROOT)
         self.crio = self.path(CRIO_ROOT)
+        self.graph = self.path(GRAPH_ROOT)
         self.cgroup = self.path("/sys/fs/cgroup")
         self._staging = root / "staging"
 
@@ -182,6 +244,59 @@ class FakeHost:
 
     def crio_bundle(self, container_id: str) -> Path:
         return self.crio / STORAGE / container_id / "userdata"
+
+    def graph_bundle(self, container_id: str) -> Path:
+        return self.graph / STORAGE / container_id / "userdata"
+
+    def make_graph_root(self) -> None:
+        """containers-storage's graph root: its image store, then its containers' directory
+        (the order containers/storage makes them in)."""
+        (self.graph / IMAGES).mkdir(parents=True, exist_ok=True)
+        (self.graph / STORAGE).mkdir(parents=True, exist_ok=True)
+
+    def lay_out(
+        self, capture: Capture, *, roots: tuple[str, ...] = (CRIO_ROOT, GRAPH_ROOT)
+    ) -> None:
+        """Rebuild the capture's ``userdata/`` directories exactly as its listing shows, in the
+        order the runtimes write them: the directories, ``config.json`` (graph root first, as
+        cri-o and podman do), every other entry, the pid file last. ``roots``: only those."""
+        listing = {
+            directory: entries
+            for directory, entries in capture.listing().items()
+            if any(directory.startswith(root + "/") for root in roots)
+        }
+        for directory in listing:
+            self.path(directory).mkdir(parents=True, exist_ok=True)
+        config = (capture.case / "config.json").read_bytes()  # byte for byte
+        for directory in sorted(listing, key=lambda d: not d.startswith(GRAPH_ROOT)):
+            if any(name == "config.json" for name, _, _ in listing[directory]):
+                write_in_place(self.path(directory) / "config.json", config)
+        last: list[Path] = []
+        for directory, entries in listing.items():
+            for name, kind, size in entries:
+                path = self.path(directory) / name
+                if name == "config.json":
+                    continue
+                if name == "pidfile":
+                    last.append(path)
+                elif kind == "d":
+                    path.mkdir(exist_ok=True)
+                elif kind == "s":
+                    os.mknod(path, 0o700 | stat.S_IFSOCK)
+                elif kind == "p":
+                    os.mkfifo(path, 0o640)
+                else:
+                    path.write_bytes(b"0" * size)  # conmon's pid, state.json: nobody reads them
+        for path in last:
+            write_by_rename(path, str(capture.pid).encode())
+
+    def run_capture(self, capture: Capture) -> None:
+        """The capture's process on the host: its ``/proc/<pid>/cgroup``, its cgroup v2
+        directory."""
+        if capture.pid is not None and capture.proc_cgroup is not None:
+            self.set_proc_cgroup(capture.pid, capture.proc_cgroup)
+        if self.cgroup.exists():
+            self.make_cgroup(capture.cgroups_path)
 
     def write(self, bundle: Path, spec: dict[str, Any], *, by_rename: bool = False) -> Path:
         """Create ``bundle`` (and its parents) and write its ``config.json``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ociresolve.hostpaths import HostPaths
+from ociresolve.hostpaths import LAYOUTS, HostPaths
 
 
 def test_paths_are_below_host_root(tmp_path: Path) -> None:
@@ -35,3 +35,26 @@ def test_untrusted_cgroup_path_cannot_leave_the_mount(tmp_path: Path) -> None:
     assert paths.cgroup2_dir("/../../../etc") is None
     assert paths.cgroup2_dir("kubepods/../../x") is None
     assert paths.cgroup2_dir("/") is None
+
+
+def test_a_graph_root_is_the_one_with_the_image_store(tmp_path: Path) -> None:
+    storage = next(layout for layout in LAYOUTS if layout.graph_mark)
+    run, graph = tmp_path / "run", tmp_path / "graph"
+    (run / "overlay-containers").mkdir(parents=True)
+    (graph / "overlay-containers").mkdir(parents=True)
+    (graph / "overlay-images").mkdir()
+    assert not storage.is_graph_root(str(run))
+    assert storage.is_graph_root(str(graph))
+    paths = HostPaths(str(tmp_path), ["/run", "/graph"])
+    cid = "a" * 64
+    bundle = f"{run}/overlay-containers/{cid}/userdata"
+    assert [b for b, _ in paths.bundle_candidates(cid)] == [bundle]  # never the graph's
+    assert list(paths.graph_bundles(cid, storage)) == [f"{graph}/overlay-containers/{cid}/userdata"]
+
+
+def test_a_bundle_path_names_its_container() -> None:
+    containerd, storage = LAYOUTS[0], LAYOUTS[-1]
+    cid = "b" * 64
+    assert containerd.container_id(f"/run/containerd/{containerd.levels[0]}/k8s.io/{cid}") == cid
+    assert storage.container_id(f"/x/overlay-containers/{cid}/userdata") == cid
+    assert storage.container_id("/x/overlay-containers/not-an-id/userdata") is None

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ociresolve import ContainerMeta, detect_runtime, normalize
+from ociresolve.runtimes import detect, normalize_at
 
 SANDBOX = "a" * 64
 CONTAINER = "b" * 64
@@ -232,3 +233,95 @@ def test_empty_values_are_unknown() -> None:
     keys = containerd_keys("1.7", "container") | {"io.kubernetes.cri.image-name": ""}
     meta = normalize(keys, container_id=CONTAINER)
     assert meta is not None and meta.image is None
+
+
+# -- who wrote it: evidence a tenant cannot forge before keys it can set -------------------------
+
+POD_KEYS = {
+    "io.kubernetes.pod.name": "web-1",
+    "io.kubernetes.pod.namespace": "shop",
+    "io.kubernetes.pod.uid": UID,
+}
+
+
+@pytest.mark.parametrize("claim", ["libpod", "something-new"])
+def test_a_manager_claim_does_not_hide_a_crio_sandbox(claim: str) -> None:
+    """cri-o copies every pod annotation into the sandbox's config.json, io.container.manager
+    included, but overwrites the kubelet pod keys: those and cri-o's marker decide."""
+    keys = {
+        "io.container.manager": claim,
+        "io.kubernetes.cri-o.ContainerType": "sandbox",
+        "io.kubernetes.cri-o.SandboxID": SANDBOX,
+        **POD_KEYS,
+    }
+    assert detect_runtime(keys) == "cri-o"
+    meta = normalize(keys)
+    assert meta is not None and (meta.runtime, meta.pod_uid) == ("cri-o", UID)
+
+
+def test_a_manager_claim_does_not_hide_crictls_crio_container() -> None:
+    """No kubelet keys (crictl), but cri-o keys podman never wrote."""
+    keys = crio_container(
+        **{"io.container.manager": "libpod", "io.kubernetes.cri-o.SandboxName": "k8s_p_n_u_0"}
+    )
+    assert detect_runtime(keys) == "cri-o"
+
+
+def test_podman_1x_annotations_are_podman() -> None:
+    """podman 1.x: no io.container.manager, io.kubernetes.cri-o.ContainerType=sandbox on every
+    container; its only cri-o keys are the ones podman writes."""
+    keys = {"io.kubernetes.cri-o.ContainerType": "sandbox", "io.kubernetes.cri-o.TTY": "false"}
+    assert detect_runtime(keys) == "podman"
+    assert normalize(keys, container_id=CONTAINER) is None
+
+
+def test_a_pod_member_of_podman_4_is_podman() -> None:
+    keys = {
+        "io.container.manager": "libpod",
+        "io.kubernetes.cri-o.ContainerType": "container",
+        "io.kubernetes.cri-o.SandboxID": SANDBOX,
+        "io.kubernetes.cri-o.Created": "2026-12-04T15:23:07.578912277Z",
+        "io.kubernetes.cri-o.TTY": "false",
+        "io.podman.annotations.autoremove": "FALSE",
+    }
+    assert detect_runtime(keys) == "podman"
+    assert normalize(keys, container_id=CONTAINER) is None
+
+
+def test_the_place_limits_the_runtimes() -> None:
+    """A containerd task directory holds containerd's bundles only; containers-storage holds
+    cri-o's and podman's. Keys of another runtime change nothing there."""
+    crio_keys = crio_container(**POD_KEYS)
+    assert detect(crio_keys, "containerd") is None
+    found = normalize_at("containerd", crio_keys, container_id=CONTAINER)
+    assert found.meta is None and found.runtime == "containerd"
+    containerd = containerd_keys("1.7", "container")
+    assert detect(containerd, "cri-o") is None
+    assert normalize_at("cri-o", containerd, container_id=CONTAINER).meta is None
+    podman_keys = {"io.container.manager": "libpod"}
+    assert normalize_at("cri-o", podman_keys, container_id=CONTAINER).runtime == "podman"
+
+
+def test_at_a_place_the_directory_names_the_container() -> None:
+    """A bundle's id is its directory's: a sandbox claiming another's ContainerID/SandboxID (pod
+    annotations) is indexed under its own, and is its own sandbox."""
+    victim = "c" * 64
+    keys = {
+        "io.kubernetes.cri-o.ContainerType": "sandbox",
+        "io.kubernetes.cri-o.ContainerID": victim,
+        "io.kubernetes.cri-o.SandboxID": victim,
+        **POD_KEYS,
+    }
+    meta = normalize_at("cri-o", keys, container_id=SANDBOX).meta
+    assert meta is not None and (meta.container_id, meta.sandbox_id) == (SANDBOX, SANDBOX)
+    container = crio_container(**{"io.kubernetes.cri-o.ContainerID": victim, **POD_KEYS})
+    meta = normalize_at("cri-o", container, container_id=CONTAINER).meta
+    assert meta is not None and (meta.container_id, meta.sandbox_id) == (CONTAINER, SANDBOX)
+
+
+@pytest.mark.parametrize(("spoofed", "runs"), [("true", False), ("false", True), (None, True)])
+def test_a_dropped_infra_container_runs_no_process(spoofed: str | None, runs: bool) -> None:
+    keys = {"io.kubernetes.cri-o.ContainerType": "sandbox", **POD_KEYS}
+    if spoofed is not None:
+        keys["io.kubernetes.cri-o.Spoofed"] = spoofed
+    assert normalize_at("cri-o", keys, container_id=SANDBOX).runs is runs

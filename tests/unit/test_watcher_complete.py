@@ -1,5 +1,6 @@
 """A running container's bundle (config, init PID and cgroup all there) needs no watch of its
-own: nothing the index reads changes in it, and its removal is seen from its parent."""
+own: nothing the index reads changes in it, and its removal is seen from its parent. A bundle
+found before its container started is watched until its init PID is known, then no more."""
 
 from __future__ import annotations
 
@@ -30,9 +31,12 @@ def test_only_incomplete_bundles_are_watched(host: FakeHost) -> None:
         record = resolver.container(running)
         assert record is not None and (record.pid, record.cgroup_id) == (4242, cgroup_id)
 
-        # The created container starts: its pid file is seen through its own watch.
+        # The created container starts: its pid file is seen through its own watch, which
+        # then goes: nothing is left to wait for in the bundle.
         host.write_pid(created_bundle, 4343)
         wait_until(lambda: (r := resolver.container(created)) is not None and r.pid == 4343)
+        wait_until(lambda: str(created_bundle) not in {w.path for w in watcher._watches.values()})
+        assert watcher.unwatched >= 1
 
         # The unwatched one goes away: its parent's watch sees it.
         host.tear_down(running_bundle)
