@@ -4,11 +4,14 @@ Each connect() to a unix socket becomes a ``Connection`` (its process named from
 event's ``comm`` is the calling thread's, and gRPC's C core connects from a thread of its own,
 ``event_engine``, whatever the program). With the probe's lifetimes on, the socket's ``close``
 (or a ``failed`` connect, or its process's ``exit``) ends it, so that a client keeping one
-connection open is a candidate for every occurrence while it is open.
+connection open is a candidate for every occurrence while it is open. The daemon's own
+connections (its deprecation poller's, its CRI client's, when they go to the traced socket)
+are never a client's: left out.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Final
 
@@ -29,11 +32,12 @@ class ReporterFeed:
         self.reporter = reporter
         self.wall_ns = wall_ns  # an event's CLOCK_MONOTONIC time -> ns since the epoch
         self.paths = paths
+        self.own_pid = os.getpid()  # the kernel's tgid of this process (host PID namespace)
         self._open: dict[tuple[int, int], int] = {}  # (tgid, fd) -> correlator handle
         self._fds: dict[int, set[int]] = {}  # tgid -> its open fds
 
     def connected(self, event: ConnectEvent, who: Attribution) -> None:
-        if event.family != "unix":
+        if event.family != "unix" or event.tgid == self.own_pid:
             return
         meta = who.meta
         connect_ns = self.wall_ns(event.time_ns)

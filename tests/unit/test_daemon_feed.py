@@ -332,3 +332,15 @@ def test_a_per_call_connection_that_ended_before_the_call_does_not_share_it_equa
     evidence = correlator.occurred(V1ALPHA2, wall(t))
     shares = {c.identity.pod: c.share for c in evidence.candidates}
     assert shares["legacy/collector-7f9c"] > 0.8, shares
+
+
+def test_the_daemons_own_connections_are_never_candidates(tmp_path: Path) -> None:
+    """The daemon polls the socket it traces (introspection, CRI): its own process is no
+    client, whatever thread connects; another process is."""
+    feed, reporter = fake_feed(tmp_path)
+    own = feed.own_pid
+    feed.connected(connect(own, 5, 1 * S, comm="default-executo"), HOST)
+    feed.lifetime(lifetime("close", own, 5, 2 * S))
+    assert reporter.connections == [] and reporter.closes == []
+    feed.connected(connect(own + 1, 5, 3 * S), IN_POD)
+    assert [c.pid for c in reporter.connections] == [own + 1]
