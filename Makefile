@@ -1,6 +1,8 @@
 # The README's commands. `make demo` runs the main job end to end on a real containerd;
-# `make test` runs lint, types and every test. Both install what they need first
-# (system packages need root; without root the end-to-end tests skip, with the reason).
+# `make test` runs lint, types and every test, the real-runtime ones once per containerd
+# generation (1.6, 1.7, 2.x and 2.x on pure cgroup v2; OCIRESOLVE_CONTAINERD=1.7,2.x picks
+# some). Both install what they need first (system packages and the containerd generations
+# need root; without root the end-to-end tests skip, with the reason).
 
 PYTHON ?= python3
 VENV ?= .venv

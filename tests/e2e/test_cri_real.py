@@ -1,4 +1,4 @@
-"""The CRI fallback on a real containerd 1.6 + runc.
+"""The CRI fallback on a real containerd + runc, every generation.
 
 What the bundle index does not know, the runtime's CRI API answers (``source == "cri"``), with
 the same record the bundle would have given; what the index knows never costs a CRI call; a
@@ -28,15 +28,16 @@ from typing import Any
 import msgspec
 import pytest
 from harness import (
+    PAUSE_IMAGE,
     WORKLOAD_IMAGE,
     Containerd,
     ContainerSpec,
     ImageSet,
     Pod,
     PodFactory,
-    import_images,
     is_alive,
 )
+from harness.generations import Generation
 
 from ociresolve import Change, ContainerMeta, IndexedContainer, Resolver, read_bundle
 from ociresolve.cri.client import DEFAULT_TIMEOUT, GrpcCriClient, StatusReply
@@ -136,8 +137,12 @@ def members(pod: Pod) -> list[tuple[str, str | None]]:
     return [(pod.sandbox_id, None), *((cid, name) for name, cid in pod.containers.items())]
 
 
-def expected(pod: Pod, container_id: str, name: str | None) -> ContainerMeta:
-    """The whole record: containerd 1.6.20 names no image for a sandbox, in its bundle or CRI."""
+def expected(
+    generation: Generation, pod: Pod, container_id: str, name: str | None
+) -> ContainerMeta:
+    """The whole record. A sandbox's image is named from 2.x on (``sandbox_image_annotation``),
+    in its bundle and over the CRI; before, in neither."""
+    sandbox_image = PAUSE_IMAGE if generation.sandbox_image_annotation else None
     return ContainerMeta(
         runtime="containerd",
         container_type="sandbox" if name is None else "container",
@@ -147,7 +152,7 @@ def expected(pod: Pod, container_id: str, name: str | None) -> ContainerMeta:
         pod_namespace=pod.namespace,
         pod_uid=pod.uid,
         container_name=name,
-        image=None if name is None else WORKLOAD_IMAGE,
+        image=sandbox_image if name is None else WORKLOAD_IMAGE,
     )
 
 
@@ -289,7 +294,7 @@ def test_every_container_and_sandbox_resolves_over_cri_with_the_index_off(
     by_id = resolvers(runtime_roots=[empty_root], cri_socket=socket)
     for pod in pods:
         for container_id, name in members(pod):
-            want = expected(pod, container_id, name)
+            want = expected(containerd.generation, pod, container_id, name)
             assert read_bundle(containerd.bundle_dir(container_id)) == want
             resolution = by_pid.resolve_pid(init_pid(containerd, container_id))
             assert resolution is not None, f"{name or 'sandbox'} of {pod.name} did not resolve"
@@ -329,7 +334,7 @@ def test_every_container_and_sandbox_resolves_over_cri_with_the_index_off(
         for container_id, name in members(pod):
             resolution = by_pid.resolve_pid(init_pid(containerd, container_id))
             assert resolution is not None and resolution.source == "cri"
-            assert resolution.meta == expected(pod, container_id, name)
+            assert resolution.meta == expected(containerd.generation, pod, container_id, name)
     assert fallback_of(by_pid).calls == calls
 
     # A host process is not a miss: no container id, nothing to ask.
@@ -361,7 +366,7 @@ def test_twenty_indexed_containers_cost_no_cri_call(
         for container_id, name in members(pod):
             resolution = resolver.resolve_pid(init_pid(containerd, container_id))
             assert resolution is not None and resolution.source in ("index", "bundle")
-            assert resolution.meta == expected(pod, container_id, name)
+            assert resolution.meta == expected(containerd.generation, pod, container_id, name)
     assert sum(len(pod.containers) for pod in pods) == 20
 
     for pod in pods:
@@ -372,7 +377,7 @@ def test_twenty_indexed_containers_cost_no_cri_call(
             )
             record = resolver.container(container_id)
             assert record is not None and record.cgroup_id is not None
-            want = expected(pod, container_id, name)
+            want = expected(containerd.generation, pod, container_id, name)
             resolution = resolver.resolve_pid(init_pid(containerd, container_id))
             assert resolution is not None and resolution.source == "index"
             assert resolution.meta == want
@@ -415,14 +420,14 @@ def test_a_hung_containerd_never_stalls_a_lookup(
     fallback = fallback_of(blind)
     breaker = fallback.breaker
     # Before the outage: the app is asked once (and cached); the sidecar never is.
-    assert blind.lookup_container(app) == expected(pod, app, "app")
+    assert blind.lookup_container(app) == expected(containerd.generation, pod, app, "app")
 
     unknown = "0123456789abcdef" * 4
     with frozen(containerd):
         for container_id, name in members(pod):
             resolution = indexed.resolve_pid(pids[container_id])
             assert resolution is not None and resolution.source == "index"
-            assert resolution.meta == expected(pod, container_id, name)
+            assert resolution.meta == expected(containerd.generation, pod, container_id, name)
         assert indexed_client.calls == Counter()
         # The indexed resolver's own miss: an id nobody knows waits for its deadline, no more.
         answer, seconds = timed(lambda: indexed.lookup_container(unknown))
@@ -433,7 +438,7 @@ def test_a_hung_containerd_never_stalls_a_lookup(
         calls = Counter(fallback.calls)
         resolution = blind.resolve_pid(pids[app])
         assert resolution is not None and resolution.source == "cri"
-        assert resolution.meta == expected(pod, app, "app")
+        assert resolution.meta == expected(containerd.generation, pod, app, "app")
         assert fallback.calls == calls
 
         misses = iter(
@@ -479,8 +484,10 @@ def test_a_hung_containerd_never_stalls_a_lookup(
     assert blind.cri is fallback and breaker.state == "closed"
     resolution = blind.resolve_pid(pids[sidecar])
     assert resolution is not None and resolution.source == "cri"
-    assert resolution.meta == expected(pod, sidecar, "sidecar")
-    assert blind.lookup_container(pod.sandbox_id) == expected(pod, pod.sandbox_id, None)
+    assert resolution.meta == expected(containerd.generation, pod, sidecar, "sidecar")
+    assert blind.lookup_container(pod.sandbox_id) == expected(
+        containerd.generation, pod, pod.sandbox_id, None
+    )
     assert blind.lookup_container(unknown) is None  # an answer now: NOT_FOUND
     assert fallback.calls["ContainerStatus", "not_found"] >= 2
     # Every failure was a deadline: the misses that opened the breaker, and the one probe.
@@ -508,12 +515,14 @@ def test_a_record_cut_short_by_a_hang_is_not_kept(
         client.before["Version"] = lambda: thaw.enter_context(frozen(containerd))
         meta, seconds = timed(lambda: blind.lookup_container(app))
     assert seconds <= 2 * DEADLINE + LATE, seconds
-    assert meta == msgspec.structs.replace(expected(pod, app, "app"), runtime="unknown")
+    assert meta == msgspec.structs.replace(
+        expected(containerd.generation, pod, app, "app"), runtime="unknown"
+    )
     assert fallback.calls == Counter(
         {("ContainerStatus", "ok"): 1, ("Version", "DEADLINE_EXCEEDED"): 1}
     )
     poll(
-        lambda: blind.lookup_container(app) == expected(pod, app, "app"),
+        lambda: blind.lookup_container(app) == expected(containerd.generation, pod, app, "app"),
         "the whole record, once containerd answers",
         timeout=fallback.negative_ttl + TIMEOUT,
     )
@@ -524,6 +533,7 @@ def test_a_record_cut_short_by_a_hang_is_not_kept(
 def test_a_restarted_containerd_is_used_again(
     tmp_path: Path,
     test_images: ImageSet,
+    generation: Generation,
     resolvers: Callable[..., Resolver],
     empty_root: str,
 ) -> None:
@@ -535,8 +545,8 @@ def test_a_restarted_containerd_is_used_again(
     Once it is back the same resolver, built the production way (``cri_socket``), resolves
     over CRI again, and the restarted daemon still knows the pod it never stopped.
     """
-    with Containerd(tmp_path / "restarted") as daemon:
-        import_images(daemon.socket, test_images)
+    with Containerd(tmp_path / "restarted", generation=generation) as daemon:
+        daemon.import_images(test_images)
         indexed = resolvers(runtime_roots=[str(daemon.state_dir)])
         changes: list[tuple[Change, str | None]] = []
 
@@ -556,7 +566,7 @@ def test_a_restarted_containerd_is_used_again(
                 poll(
                     lambda cid=container_id: indexed.container(cid), f"{container_id[:12]} indexed"
                 )
-            assert blind.lookup_container(app) == expected(pod, app, "app")
+            assert blind.lookup_container(app) == expected(generation, pod, app, "app")
             fallback = fallback_of(blind)
             shims = daemon.shim_pids()
             assert shims
@@ -568,7 +578,7 @@ def test_a_restarted_containerd_is_used_again(
                 for container_id, name in members(pod):
                     resolution = indexed.resolve_pid(pids[container_id])
                     assert resolution is not None and resolution.source == "index"
-                    assert resolution.meta == expected(pod, container_id, name)
+                    assert resolution.meta == expected(generation, pod, container_id, name)
                 last_failure_started = open_the_breaker(
                     blind, lambda: blind.resolve_pid(pids[sidecar])
                 )
@@ -589,8 +599,10 @@ def test_a_restarted_containerd_is_used_again(
             assert blind.cri is fallback and fallback.breaker.state == "closed"
             resolution = blind.resolve_pid(pids[sidecar])
             assert resolution is not None and resolution.source == "cri"
-            assert resolution.meta == expected(pod, sidecar, "sidecar")
-            assert blind.lookup_container(pod.sandbox_id) == expected(pod, pod.sandbox_id, None)
+            assert resolution.meta == expected(generation, pod, sidecar, "sidecar")
+            assert blind.lookup_container(pod.sandbox_id) == expected(
+                generation, pod, pod.sandbox_id, None
+            )
 
             # The restart touched no container: same shims, same processes, no index change.
             assert daemon.shim_pids() == shims
@@ -600,9 +612,10 @@ def test_a_restarted_containerd_is_used_again(
         # Teardown through the restarted daemon; stop() raises if anything had to be forced.
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(containerd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ociresolve ARGS``, run where containerd runs (its cgroup v2 view, if it has one)."""
     return subprocess.run(
-        [sys.executable, "-m", "ociresolve", *args],
+        containerd.command([sys.executable, "-m", "ociresolve", *args]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -620,11 +633,11 @@ def test_cli_lookup_in_cri_mode(
     options = ("--runtime-root", empty_root, "--cri-socket", socket)
     for container_id, name in members(pod):
         pid = init_pid(containerd, container_id)
-        result = _cli("lookup", str(pid), *options, "--json", "--explain")
+        result = _cli(containerd, "lookup", str(pid), *options, "--json", "--explain")
         assert result.returncode == 0, result.stderr
         row = json.loads(result.stdout)
         steps = row.pop("explain")
-        want = msgspec.structs.asdict(expected(pod, container_id, name))
+        want = msgspec.structs.asdict(expected(containerd.generation, pod, container_id, name))
         assert row == {**want, "pid": pid, "source": "cri"}
         assert [(s["step"], s["result"]) for s in steps] == [
             ("cgroup", container_id),
@@ -635,7 +648,7 @@ def test_cli_lookup_in_cri_mode(
         assert all(isinstance(s["ms"], int | float) and s["ms"] >= 0 for s in steps)
 
     # A host process: not in a container, so nothing is asked (exit 1, one step).
-    result = _cli("lookup", str(os.getpid()), *options, "--json", "--explain")
+    result = _cli(containerd, "lookup", str(os.getpid()), *options, "--json", "--explain")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "not in a container" in result.stderr
     steps = json.loads(result.stderr.splitlines()[-1])["explain"]

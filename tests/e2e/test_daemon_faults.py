@@ -1,14 +1,17 @@
-"""The node daemon (``ociresolve serve``) on a real containerd 1.6 + runc, under faults: a
-restart while clients watch, hostile clients on its socket, SIGTERM with everything open.
+"""The node daemon (``ociresolve serve``) on a real containerd + runc, every generation, under
+faults: a restart while clients watch, hostile clients on its socket, SIGTERM with everything
+open, a deprecation endpoint that hangs, answers garbage or restarts.
 
 One daemon per test, run as its own process on the session containerd's state directory and
-CRI socket, stopped and started again by its PID as a DaemonSet's pod would be.
+CRI socket, where containerd runs (``Containerd.command``), stopped and started again by its
+PID as a DaemonSet's pod would be.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -29,6 +32,8 @@ from harness import (
     Pod,
     PodFactory,
 )
+from harness.generations import DEFAULT
+from harness.introspection import V1ALPHA2, FakeIntrospection, parse_logfmt
 
 from ociresolve import DaemonClient, DaemonUnavailable, IndexedContainer, RemoteResolver
 
@@ -69,6 +74,7 @@ def serve(containerd: Containerd, socket_dir: Path, *more: str) -> DaemonProcess
             str(containerd.socket),
             *more,
         ],
+        enter=containerd.command,
     )
 
 
@@ -412,3 +418,105 @@ def test_sigterm_drains_and_exits_within_two_seconds(
             assert watch.ended.wait(TIMEOUT)
             assert isinstance(watch.error, DaemonUnavailable), repr(watch.error)
         assert [r["msg"] for r in daemon.logs][-2:] == ["stopping", "stopped"]
+
+
+# -- a misbehaving deprecation endpoint --------------------------------------------------------
+
+RETRYING = "cannot read containerd's deprecation warnings; retrying"
+AGAIN = "reading containerd's deprecation warnings again"
+OCCURRENCE = "found CRI v1alpha2 API deprecation warning"
+STEADY = 0.25  # seconds a lookup may take while the deprecation endpoint misbehaves
+GRPC_CORE_LINE = re.compile(r"[IWE]\d{4} [\d:.]+ +\d+ \S+\.cc:\d+\] ")
+
+
+@pytest.mark.containerd(id=DEFAULT.id)  # the endpoint is a stand-in: one runtime will do
+def test_a_deprecation_endpoint_that_hangs_answers_garbage_and_restarts(
+    containerd: Containerd, pod_factory: PodFactory, socket_dir: Path
+) -> None:
+    """``serve --report-deprecations`` polling a stand-in for containerd's introspection service
+    that hangs past the daemon's deadline, answers bytes that are no protobuf message, then
+    goes away and comes back empty. Lookups answer at once all along; each fault is logged
+    once, its end once, and the next occurrence after each is reported, as new."""
+    fake = FakeIntrospection(str(socket_dir / "introspection.sock"))
+    daemon = serve(
+        containerd,
+        socket_dir,
+        "--report-deprecations",
+        "--containerd-socket",
+        fake.socket,
+        "--deprecations-interval",
+        "0.2",
+    )
+    pod = pod_factory("steady-2k8d", namespace="faults")
+    pid = init_pid(containerd, pod.container_id("main"))
+    with fake, daemon, DaemonClient(str(daemon.socket)) as client:
+
+        def reported() -> list[dict[str, str]]:
+            rows = [parse_logfmt(line) for line in list(daemon.lines)]
+            return [r for r in rows if r.get("msg") == OCCURRENCE]
+
+        def steady_lookups(what: str, seconds: float = 1.0) -> None:
+            """Lookups of the pod for ``seconds``, each answered in under STEADY s."""
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                started = time.monotonic()
+                assert client.lookup_pid(pid).status == "found"
+                took = time.monotonic() - started
+                assert took < STEADY, f"a lookup took {took:.3f}s while {what}"
+                time.sleep(0.02)
+
+        def occurs() -> None:
+            """A new occurrence, reported as new with its time."""
+            count = len(reported())
+            when = time.time_ns()
+            fake.occur(V1ALPHA2, when)
+            poll(lambda: len(reported()) > count, "the occurrence reported")
+            (line,) = reported()[count:]
+            assert "existing" not in line, line
+            seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when // 1_000_000_000))
+            assert line["lastOccurrence"].startswith(seconds), (line, when)
+
+        def logged(message: str) -> dict[str, object]:
+            return daemon.wait_for_log(lambda record: record.get("msg") == message, TIMEOUT)
+
+        poll(lambda: client.lookup_pid(pid).status == "found", "the daemon to find the pod")
+        poll(lambda: fake.polls, "the first poll")
+        occurs()
+
+        fake.hang()
+        hung = logged(RETRYING)  # a poll met its deadline
+        assert hung["socket"] == fake.socket
+        steady_lookups("the endpoint hangs")
+        fake.release()
+        logged(AGAIN)
+        occurs()
+
+        fake.garbage = True
+        garbled = logged(RETRYING)
+        assert "Server" in str(garbled["error"]), garbled
+        steady_lookups("the endpoint answers garbage")
+        fake.garbage = False
+        logged(AGAIN)
+        occurs()
+
+        fake.stop()
+        gone = logged(RETRYING)
+        assert "No such file or directory" in str(gone["error"]), gone
+        steady_lookups("the endpoint is gone")
+        fake.restart()
+        logged(AGAIN)
+        occurs()
+    retries = [r for r in daemon.logs if r.get("msg") == RETRYING]
+    assert len(retries) == 3, retries  # once per fault
+    # gRPC's own words are not the daemon's: its Python logger reports each garbage reply
+    # ("Exception deserializing message!", an error with a traceback), its C core the GOAWAY of
+    # the endpoint going away (a raw glog-style line on stderr).
+    errors = [
+        r
+        for r in daemon.logs
+        if r.get("level") in ("error", "raw")
+        and not str(r.get("logger", "")).startswith("grpc")
+        and not GRPC_CORE_LINE.match(str(r.get("msg", "")))
+    ]
+    assert not errors, "\n".join(map(str, errors))
+    assert len(reported()) == 4

@@ -1,8 +1,11 @@
-"""The node daemon (``ociresolve serve``) on a real containerd 1.6 + runc, as its clients use it.
+"""The node daemon (``ociresolve serve``) on a real containerd + runc, every generation, as its
+clients use it.
 
 One daemon per test, run as its own process on the session containerd's state directory (the
-runtime root) and CRI socket; its clients are other processes (tracers, the CLI) and this one
-(``DaemonClient``, ``RemoteResolver``). Pods are made through the CRI, as kubelet makes them.
+runtime root) and CRI socket, where containerd runs (``Containerd.command``: in the pure cgroup
+v2 view's namespace, for that one); its clients are other processes (tracers, the CLI, run
+there too) and this one (``DaemonClient``, ``RemoteResolver``). Pods are made through the CRI,
+as kubelet makes them.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def daemon(containerd: Containerd, socket_dir: Path) -> Iterator[DaemonProcess]:
             "--cri-socket",
             str(containerd.socket),
         ],
+        enter=containerd.command,
     )
     with process:
         yield process
@@ -265,9 +269,10 @@ class FirstSeen:
         self._thread.join(TIMEOUT)
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
+def cli(containerd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ociresolve ARGS``, run where containerd runs."""
     return subprocess.run(
-        [sys.executable, "-m", "ociresolve", *args],
+        containerd.command([sys.executable, "-m", "ociresolve", *args]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -305,7 +310,10 @@ def test_two_tracers_in_two_processes_share_one_daemon(
         "0",
     ]
     with ExitStack() as stack:
-        tracers = [stack.enter_context(TracerProcess(tracer_args)) for _ in range(2)]
+        tracers = [
+            stack.enter_context(TracerProcess(tracer_args, enter=containerd.command))
+            for _ in range(2)
+        ]
         remote = stack.enter_context(RemoteResolver(str(daemon.socket)))
 
         tracer_pids = children_with_args("--daemon-socket", str(daemon.socket))
@@ -355,11 +363,13 @@ def test_two_tracers_in_two_processes_share_one_daemon(
 
 
 @pytest.mark.bpf
-def test_a_tracer_on_the_daemon_says_so_in_its_start_up_line(daemon: DaemonProcess) -> None:
+def test_a_tracer_on_the_daemon_says_so_in_its_start_up_line(
+    containerd: Containerd, daemon: DaemonProcess
+) -> None:
     """The start-up line records how the tracer resolves: through the daemon's socket, making
     no CRI call of its own (not ``"cri": "auto"``, which it never uses then)."""
     args = ["--daemon-socket", str(daemon.socket), "--output", "json", "--summary-interval", "0"]
-    with TracerProcess(args) as tracer:
+    with TracerProcess(args, enter=containerd.command) as tracer:
         started = json.loads(tracer.lines[0])
     assert started.get("daemon_socket") == str(daemon.socket), started
     assert started["cri"] != "auto", started
@@ -375,12 +385,12 @@ def test_watchers_see_a_container_before_its_first_process_and_see_it_go(
     through the CRI before the kernel forked their first process, and of the container's
     removal after ``RemoveContainer``.
 
-    containerd 1.6 makes the task, hence the bundle, in ``StartContainer``, not in
-    ``CreateContainer``: there is nothing to see before the start. So the proof is the clocks,
-    as for the live index: the event is stamped (``CLOCK_BOOTTIME``) when this process got it,
-    after the daemon indexed the bundle and sent it; the container's first process is the one
-    in ``init.pid``, and its ``starttime`` is its fork on the same clock, floored to a tick.
-    ``got < forked`` is then conservative by the hops and up to one tick.
+    containerd (every generation) makes the task, hence the bundle, in ``StartContainer``,
+    not in ``CreateContainer``: there is nothing to see before the start. So the proof is the
+    clocks, as for the live index: the event is stamped (``CLOCK_BOOTTIME``) when this process
+    got it, after the daemon indexed the bundle and sent it; the container's first process is
+    the one in ``init.pid``, and its ``starttime`` is its fork on the same clock, floored to a
+    tick. ``got < forked`` is then conservative by the hops and up to one tick.
     """
     cri = containerd.cri()
     socket = str(daemon.socket)
@@ -473,8 +483,10 @@ def test_the_cli_through_the_daemon_and_without_it_gives_the_same_answers(
             )
     for cid, name in members(pod):
         pid = init_pid(containerd, cid)
-        via_daemon = cli("lookup", "--json", str(pid), "--daemon-socket", socket)
-        one_shot = cli("lookup", "--json", str(pid), "--no-daemon", "--runtime-root", root)
+        via_daemon = cli(containerd, "lookup", "--json", str(pid), "--daemon-socket", socket)
+        one_shot = cli(
+            containerd, "lookup", "--json", str(pid), "--no-daemon", "--runtime-root", root
+        )
         assert via_daemon.returncode == 0, via_daemon.stderr
         assert one_shot.returncode == 0, one_shot.stderr
         daemon_row, scan_row = json.loads(via_daemon.stdout), json.loads(one_shot.stdout)
@@ -485,19 +497,21 @@ def test_the_cli_through_the_daemon_and_without_it_gives_the_same_answers(
 
     # --explain says which: the daemon answered.
     pid = init_pid(containerd, pod.container_id("app"))
-    explained = cli("lookup", "--json", "--explain", str(pid), "--daemon-socket", socket)
+    explained = cli(
+        containerd, "lookup", "--json", "--explain", str(pid), "--daemon-socket", socket
+    )
     assert explained.returncode == 0, explained.stderr
     steps = json.loads(explained.stdout)["explain"]
     assert steps[0]["step"] == "daemon" and "answered" in steps[0]["result"], steps
 
     # A host process: "not in a container" both ways.
     for how in (["--daemon-socket", socket], ["--no-daemon", "--runtime-root", root]):
-        host = cli("lookup", "--json", str(os.getpid()), *how)
+        host = cli(containerd, "lookup", "--json", str(os.getpid()), *how)
         assert host.returncode == 1, (how, host.stdout, host.stderr)
         assert "not in a container" in host.stderr
 
-    via_daemon = cli("list", "--json", "--daemon-socket", socket)
-    one_shot = cli("list", "--json", "--no-daemon", "--runtime-root", root)
+    via_daemon = cli(containerd, "list", "--json", "--daemon-socket", socket)
+    one_shot = cli(containerd, "list", "--json", "--no-daemon", "--runtime-root", root)
     assert via_daemon.returncode == 0, via_daemon.stderr
     assert one_shot.returncode == 0, one_shot.stderr
     daemon_rows = sorted(via_daemon.stdout.splitlines())

@@ -1,16 +1,19 @@
-"""Finding the clients of the deprecated CRI v1alpha2 API on the real containerd 1.6 + runc.
+"""Finding the clients of the deprecated CRI v1alpha2 API, on the real containerd + runc.
 
-containerd 1.6 serves ``runtime.v1alpha2.RuntimeService`` beside ``runtime.v1`` but records no
-deprecation warnings (1.7 does). So the calls here are real (containers of the ociresolve image,
-python3 and grpcio inside, calling ``Version`` over the bind-mounted containerd socket, a new
-connection per call), the connections are traced for real (BPF), and containerd >= 1.7's record
-of them is played by a fake introspection server speaking the real protocol, fed with the times
-of the v1alpha2 calls as the caller logged them. The daemon (``serve --report-deprecations
---trace-connect``) must name the caller, and only it, with high confidence.
+The calls are real: containers of the ociresolve image (python3 and grpcio inside) call
+``Version`` over the bind-mounted containerd socket, a new connection per call (or one kept
+open), on CRI v1alpha2 or v1. containerd 1.6 and 1.7 serve v1alpha2; 2.x does not
+(UNIMPLEMENTED). containerd >= 1.7 has the deprecation service, and 1.7 records each v1alpha2
+call as the ``cri-api-v1alpha2`` warning's ``lastOccurrence``: the daemon (``serve
+--report-deprecations --trace-connect``) reads that real record, traces the connections for real
+(BPF) and must name the caller, and only it, with high confidence. What applies where comes from
+the generation table (``harness.generations``): ``v1alpha2``, ``deprecation_service``,
+``v1alpha2_deprecation``.
 """
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import json
 import os
@@ -24,8 +27,7 @@ from pathlib import Path
 
 import pytest
 from harness import Containerd, ContainerSpec, DaemonProcess, Pod, PodFactory, TracerProcess
-from harness.image import import_tarball
-from harness.introspection import V1ALPHA2, FakeIntrospection, parse_logfmt
+from harness.introspection import V1ALPHA2, parse_logfmt
 from harness.ociresolve_image import (
     OCIRESOLVE_IMAGE,
     REPO,
@@ -43,6 +45,7 @@ OCCURRENCE = "found CRI v1alpha2 API deprecation warning"
 CLIENT = "deprecated API client"
 RETRYING = "cannot read containerd's deprecation warnings; retrying"
 NEEDS_1_7 = "has no deprecation warnings; they need containerd >= 1.7"
+UNIMPLEMENTED = "UNIMPLEMENTED"
 V1ALPHA2_VERSION = "/runtime.v1alpha2.RuntimeService/Version"
 V1_VERSION = "/runtime.v1.RuntimeService/Version"
 TIMEOUT = 20.0
@@ -50,8 +53,9 @@ TIMEOUT = 20.0
 # A CRI caller, run by python3 in the ociresolve image: CALLS calls of PATH, the k-th at
 # START_NS + PHASE + k * PERIOD (CLOCK_REALTIME, shared with the host), each on a new channel
 # (a new connection); after each, one JSON line: the call's number, the times just before and
-# just after it, and what the runtime answered. The request is a VersionRequest serialized by
-# hand (field 1, "version"), as any client of either API version sends it.
+# just after it, and what the runtime answered (or the gRPC status it refused the call with).
+# The request is a VersionRequest serialized by hand (field 1, "version"), as any client of
+# either API version sends it.
 CALLER = r"""
 import json, os, time
 import grpc
@@ -66,8 +70,13 @@ for k in range(int(os.environ["CALLS"])):
     if delay > 0:
         time.sleep(delay)
     before = time.time_ns()
-    with grpc.insecure_channel("unix://" + os.environ["SOCKET"]) as channel:
-        reply = channel.unary_unary(path)(request, timeout=5)
+    try:
+        with grpc.insecure_channel("unix://" + os.environ["SOCKET"]) as channel:
+            reply = channel.unary_unary(path)(request, timeout=5)
+    except grpc.RpcError as e:
+        print(json.dumps({"call": k, "before": before, "after": time.time_ns(),
+                          "error": e.code().name}), flush=True)
+        continue
     after = time.time_ns()
     version = api_pb2.VersionResponse.FromString(reply)
     print(json.dumps({"call": k, "before": before, "after": after,
@@ -88,7 +97,7 @@ def _require(reason: str | None) -> None:
 def ociresolve_image(containerd: Containerd) -> str:
     """The ociresolve image (python3 and grpcio), built or cached, in the session containerd."""
     _require(image_build_requirements())
-    import_tarball(containerd.socket, build_ociresolve_image(), timeout=300)
+    containerd.import_tarball(build_ociresolve_image(), timeout=300)
     return OCIRESOLVE_IMAGE
 
 
@@ -160,9 +169,12 @@ def wait(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -
         time.sleep(0.02)
 
 
-def ociresolve(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def ociresolve(
+    containerd: Containerd, *args: str, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """``ociresolve ARGS``, run where containerd runs."""
     return subprocess.run(
-        [sys.executable, "-m", "ociresolve", *args],
+        containerd.command([sys.executable, "-m", "ociresolve", *args], REPO),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -171,10 +183,44 @@ def ociresolve(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess
     )
 
 
+def rfc3339_ns(text: str) -> int:
+    """ns since the epoch of an RFC 3339 UTC time with up to 9 decimals (Go's RFC3339Nano)."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
+
+
+def wait_for_calls(containerd: Containerd, pod: Pod, container: str, calls: int) -> list[dict]:
+    """The caller's ``calls`` JSON lines (``"call"`` lines only), waiting for them; fails if
+    the caller fails or takes much longer than its schedule allows."""
+    container_id = pod.container_id(container)
+    deadline = time.monotonic() + TIMEOUT + 60
+    while True:
+        made = [c for c in calls_of(pod, container) if "call" in c]
+        if len(made) >= calls:
+            return made
+        if time.monotonic() > deadline:
+            pytest.fail(f"the client made {len(made)} calls:\n{log_of(pod, container)}")
+        status = containerd.cri().container_status(container_id, verbose=False).status
+        if status.exit_code != 0:
+            pytest.fail(f"the client failed:\n{log_of(pod, container)}")
+        time.sleep(0.05)
+
+
+def assert_recorded(occurrences: list[dict[str, str]], calls: list[dict]) -> None:
+    """Each occurrence the daemon reported carries containerd's own lastOccurrence: the moment
+    containerd got one of the client's calls, between the call's start and its answer."""
+    assert len(occurrences) == len(calls), (occurrences, calls)
+    for occurrence, call in zip(occurrences, calls, strict=True):
+        seen = rfc3339_ns(occurrence["lastOccurrence"])
+        assert call["before"] <= seen <= call["after"], (occurrence, call)
+
+
 # -- a real v1alpha2 call, really traced -------------------------------------------------------
 
 
 @pytest.mark.bpf
+@pytest.mark.containerd(v1alpha2=True)
 def test_a_real_v1alpha2_call_from_a_container_is_traced(
     containerd: Containerd, pod_factory: PodFactory, ociresolve_image: str
 ) -> None:
@@ -189,7 +235,8 @@ def test_a_real_v1alpha2_call_from_a_container_is_traced(
             "--no-cri",
             "--summary-interval",
             "0",
-        ]
+        ],
+        enter=containerd.command,
     )
     with tracer:
         pod = pod_factory(
@@ -210,7 +257,7 @@ def test_a_real_v1alpha2_call_from_a_container_is_traced(
         status = containerd.cri().wait_container_exit(pod.container_id("client"), timeout=60)
         assert status.exit_code == 0, log_of(pod, "client")
         (call,) = calls_of(pod, "client")
-        # containerd 1.6 answered on the v1alpha2 service, as v1alpha2.
+        # containerd answered on the v1alpha2 service, as v1alpha2.
         assert (call["runtime"], call["api"]) == ("containerd", "v1alpha2"), call
         line = tracer.wait_for(
             lambda text: (
@@ -223,6 +270,62 @@ def test_a_real_v1alpha2_call_from_a_container_is_traced(
     assert row["container_id"] == pod.container_id("client")[:12]
     assert (row["family"], row["address"]) == ("unix", IN_CONTAINER)
     assert row["source"] == "index"
+
+
+# -- the real deprecation service -------------------------------------------------------------
+
+
+@pytest.mark.containerd(deprecation_service=True)
+def test_the_real_warnings_as_ctr_lists_them(
+    containerd: Containerd, pod_factory: PodFactory, ociresolve_image: str
+) -> None:
+    """A CRI v1alpha2 call from a pod: a containerd that serves v1alpha2 and has the
+    deprecation service (1.7) records it, its ``lastOccurrence`` the moment it got the call;
+    one that no longer serves it (2.x) refuses the call (UNIMPLEMENTED) and records nothing.
+    Either way ``ociresolve deprecations`` lists exactly what ``ctr deprecations list`` does."""
+    generation = containerd.generation
+    pod = pod_factory(
+        "cri-v1alpha2-once-4k2j",
+        [
+            caller(
+                containerd,
+                ociresolve_image,
+                "client",
+                path=V1ALPHA2_VERSION,
+                version="v1alpha2",
+                start_ns=time.time_ns(),
+                period=1.0,
+            )
+        ],
+        namespace="legacy",
+    )
+    status = containerd.cri().wait_container_exit(pod.container_id("client"), timeout=60)
+    assert status.exit_code == 0, log_of(pod, "client")
+    (call,) = calls_of(pod, "client")
+    socket = str(containerd.socket)
+    result = ociresolve(containerd, "deprecations", "--json", "--containerd-socket", socket)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    ours = [json.loads(line) for line in result.stdout.splitlines()]
+    listed = subprocess.run(
+        [containerd.ctr, "--address", socket, "deprecations", "list", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    theirs = json.loads(listed.stdout or "[]")  # ctr prints nothing at all for no warning
+    assert sorted((w["id"], w["message"], w["last_occurrence"]) for w in ours) == sorted(
+        (w["id"], w["message"], w.get("lastOccurrence")) for w in theirs
+    ), (ours, theirs)
+
+    by_id = {w["id"]: w for w in ours}
+    if generation.v1alpha2_deprecation:
+        assert call["api"] == "v1alpha2", call
+        seen = by_id[V1ALPHA2]["last_occurrence"]
+        assert call["before"] <= rfc3339_ns(seen) <= call["after"], (call, seen)
+    else:
+        assert call.get("error") == (None if generation.v1alpha2 else UNIMPLEMENTED), call
+        assert V1ALPHA2 not in by_id, ours
 
 
 # -- the correlation, end to end ---------------------------------------------------------------
@@ -241,16 +344,54 @@ INNOCENTS = (
 )
 
 
+def reporting_daemon(
+    containerd: Containerd, socket_dir: Path, introspection: str | None = None
+) -> DaemonProcess:
+    """``serve --report-deprecations --trace-connect``, the occurrences read from containerd's
+    own deprecation service (or from ``introspection``, a stand-in's socket)."""
+    return DaemonProcess(
+        socket_dir / "ociresolve.sock",
+        [
+            "--runtime-root",
+            str(containerd.state_dir),
+            "--cri-socket",
+            str(containerd.socket),
+            "--trace-connect",
+            "--trace-socket",
+            str(containerd.socket),
+            "--trace-socket",
+            IN_CONTAINER,
+            "--trace-summary-interval",
+            "0",
+            "--report-deprecations",
+            "--containerd-socket",
+            introspection or str(containerd.socket),
+            "--deprecations-interval",
+            "0.5",
+        ],
+        enter=containerd.command,
+    )
+
+
+def new_occurrences(daemon: DaemonProcess) -> list[dict[str, str]]:
+    """The daemon's occurrence lines so far, without the one for a warning already there when
+    it started (earlier tests' calls on the same containerd)."""
+    rows = [parse_logfmt(line) for line in list(daemon.lines)]
+    return [r for r in rows if r.get("msg") == OCCURRENCE and "existing" not in r]
+
+
 @pytest.mark.bpf
+@pytest.mark.containerd(v1alpha2_deprecation=True)
 def test_the_client_of_v1alpha2_is_named_with_high_confidence(
     containerd: Containerd,
     pod_factory: PodFactory,
     ociresolve_image: str,
     socket_dir: Path,
 ) -> None:
-    fake = FakeIntrospection(str(socket_dir / "containerd-1.7.sock"))
-    daemon = reporting_daemon(containerd, socket_dir, fake)
-    with fake, daemon:
+    """containerd records each v1alpha2 call, keeping only the latest; the daemon polls that
+    record and matches each new ``lastOccurrence`` against the connections it traced."""
+    daemon = reporting_daemon(containerd, socket_dir)
+    with daemon:
         start_ns = time.time_ns() + 6 * 1_000_000_000  # time for the pods to start
         namespace, name = CLIENT_POD
         client = pod_factory(
@@ -289,58 +430,28 @@ def test_the_client_of_v1alpha2_is_named_with_high_confidence(
             )
             for pod_namespace, pod_name, period, phase in INNOCENTS
         ]
-        # containerd >= 1.7 would record each v1alpha2 call: the fake records the caller's
-        # time right after it, and keeps only the latest, as containerd does.
-        fed: list[int] = []
         container_id = client.container_id("collector")
-        deadline = time.monotonic() + CALLS * PERIOD + 30
-        while len(fed) < CALLS:
-            for call in calls_of(client, "collector")[len(fed) :]:
-                assert call["api"] == "v1alpha2", call
-                after = call["after"]
-                assert isinstance(after, int)
-                fake.occur(V1ALPHA2, after)
-                fed.append(after)
-            if time.monotonic() > deadline:
-                pytest.fail(f"the client made {len(fed)} calls:\n{log_of(client, 'collector')}")
-            status = containerd.cri().container_status(container_id, verbose=False).status
-            if status.exit_code != 0:
-                pytest.fail(f"the client failed:\n{log_of(client, 'collector')}")
-            time.sleep(0.05)
-
-        def reported() -> list[dict[str, str]]:
-            return [parse_logfmt(line) for line in list(daemon.lines)]
-
-        last = fed[-1]
-        wait(
-            lambda: (
-                any(
-                    r.get("msg") == OCCURRENCE and r.get("lastOccurrence", "") != ""
-                    for r in reported()
-                )
-                and len([r for r in reported() if r.get("msg") == OCCURRENCE]) >= CALLS
-            ),
-            "a line per occurrence",
-        )
+        calls = wait_for_calls(containerd, client, "collector", CALLS)
+        assert all(call["api"] == "v1alpha2" for call in calls), calls
+        wait(lambda: len(new_occurrences(daemon)) >= CALLS, "a line per occurrence")
         result = ociresolve(
-            "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
+            containerd, "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
         )
-        table = ociresolve("deprecations", "--clients", "--daemon-socket", str(daemon.socket))
+        table = ociresolve(
+            containerd, "deprecations", "--clients", "--daemon-socket", str(daemon.socket)
+        )
         for pod in innocents:
             for call in calls_of(pod, "app"):
                 assert call["api"] == "v1", (pod.name, call)
     lines = [parse_logfmt(line) for line in daemon.lines]
-    occurrences = [r for r in lines if r.get("msg") == OCCURRENCE]
+    occurrences = new_occurrences(daemon)
     clients = [r for r in lines if r.get("msg") == CLIENT]
     traced = [r for r in lines if r.get("msg") == OPENED]
     print("\n".join(line for line in daemon.lines if OPENED not in line))
     print(table.stdout)
 
-    assert len(occurrences) == CALLS, occurrences
-    assert all(r["deprecation"] == V1ALPHA2 and "existing" not in r for r in occurrences)
-    assert occurrences[-1]["lastOccurrence"].startswith(
-        time.strftime("%Y-%m-%dT%H:", time.gmtime(last / 1e9))
-    )
+    assert all(r["deprecation"] == V1ALPHA2 for r in occurrences)
+    assert_recorded(occurrences, calls)
     pods = {r.get("pod") for r in traced}
     assert {f"{ns}/{name}" for ns, name, _, _ in INNOCENTS} <= pods, pods
     assert "/".join(CLIENT_POD) in pods
@@ -366,19 +477,22 @@ def test_the_client_of_v1alpha2_is_named_with_high_confidence(
     assert table.returncode == 0 and "/".join(CLIENT_POD) in table.stdout.splitlines()[1]
 
 
-# -- older runtime, runtime down ---------------------------------------------------------------
+# -- no deprecation service, runtime down ------------------------------------------------------
 
 
-def test_containerd_1_6_has_no_deprecation_warnings(containerd: Containerd, tmp_path: Path) -> None:
-    result = ociresolve("deprecations", "--containerd-socket", str(containerd.socket))
+@pytest.mark.containerd(deprecation_service=False)
+def test_a_containerd_without_the_deprecation_service_says_so(
+    containerd: Containerd, tmp_path: Path
+) -> None:
+    result = ociresolve(containerd, "deprecations", "--containerd-socket", str(containerd.socket))
     assert result.returncode == 1, result
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
-    assert line.startswith("ociresolve: containerd 1.6.")
+    assert line.startswith(f"ociresolve: containerd {containerd.generation.series}.")
     assert NEEDS_1_7 in line and str(containerd.socket) in line
 
     missing = tmp_path / "gone" / "containerd.sock"
-    result = ociresolve("deprecations", "--containerd-socket", str(missing))
+    result = ociresolve(containerd, "deprecations", "--containerd-socket", str(missing))
     assert (result.returncode, result.stdout) == (2, ""), result
     assert f"containerd {missing}: No such file or directory" in result.stderr
 
@@ -387,7 +501,12 @@ def test_the_runtime_down(containerd: Containerd) -> None:
     containerd.stop_daemon()
     try:
         result = ociresolve(
-            "deprecations", "--containerd-socket", str(containerd.socket), "--timeout", "1"
+            containerd,
+            "deprecations",
+            "--containerd-socket",
+            str(containerd.socket),
+            "--timeout",
+            "1",
         )
     finally:
         containerd.start()
@@ -395,7 +514,8 @@ def test_the_runtime_down(containerd: Containerd) -> None:
     assert str(containerd.socket) in result.stderr and "Traceback" not in result.stderr
 
 
-def test_serve_reports_deprecations_on_containerd_1_6(
+@pytest.mark.containerd(deprecation_service=False)
+def test_serve_reports_deprecations_without_the_service(
     containerd: Containerd, pod_factory: PodFactory, socket_dir: Path
 ) -> None:
     """The daemon keeps serving lookups and says once that the runtime is too old."""
@@ -412,6 +532,7 @@ def test_serve_reports_deprecations_on_containerd_1_6(
             "--deprecations-interval",
             "0.2",
         ],
+        enter=containerd.command,
     )
     with daemon:
         warning = daemon.wait_for_log(lambda record: record.get("msg") == RETRYING)
@@ -500,33 +621,6 @@ def persistent_caller(
     )
 
 
-def reporting_daemon(
-    containerd: Containerd, socket_dir: Path, fake: FakeIntrospection
-) -> DaemonProcess:
-    """``serve --report-deprecations --trace-connect``, the occurrences read from ``fake``."""
-    return DaemonProcess(
-        socket_dir / "ociresolve.sock",
-        [
-            "--runtime-root",
-            str(containerd.state_dir),
-            "--cri-socket",
-            str(containerd.socket),
-            "--trace-connect",
-            "--trace-socket",
-            str(containerd.socket),
-            "--trace-socket",
-            IN_CONTAINER,
-            "--trace-summary-interval",
-            "0",
-            "--report-deprecations",
-            "--containerd-socket",
-            fake.socket,
-            "--deprecations-interval",
-            "0.5",
-        ],
-    )
-
-
 PERSISTENT_POD = ("legacy", "cri-v1alpha2-watcher-3m8q")
 PERSISTENT_CALLS = 11
 # The client opens its channel 4 s before its first call. Innocent v1 callers, a connection per
@@ -543,6 +637,7 @@ PERSISTENT_INNOCENT: tuple[str, str, float] | None = None  # (namespace, name, o
 
 
 @pytest.mark.bpf
+@pytest.mark.containerd(v1alpha2_deprecation=True)
 def test_a_client_keeping_one_connection_open_is_named(
     containerd: Containerd,
     pod_factory: PodFactory,
@@ -551,9 +646,8 @@ def test_a_client_keeping_one_connection_open_is_named(
 ) -> None:
     """Each call comes seconds after the client's only connect: only the connection's lifetime
     (its close not seen yet, the innocent ones closed) names it."""
-    fake = FakeIntrospection(str(socket_dir / "containerd-1.7.sock"))
-    daemon = reporting_daemon(containerd, socket_dir, fake)
-    with fake, daemon:
+    daemon = reporting_daemon(containerd, socket_dir)
+    with daemon:
         start_ns = time.time_ns() + 8 * 1_000_000_000  # pods started, the channel open
         namespace, name = PERSISTENT_POD
         client = pod_factory(
@@ -615,30 +709,12 @@ def test_a_client_keeping_one_connection_open_is_named(
                     namespace=other_namespace,
                 )
             )
-        fed: list[int] = []
         container_id = client.container_id("watcher")
-        deadline = time.monotonic() + 8 + PERSISTENT_CALLS * PERIOD + 20
-        while len(fed) < PERSISTENT_CALLS:
-            calls = [c for c in calls_of(client, "watcher") if "call" in c]
-            for call in calls[len(fed) :]:
-                assert call["api"] == "v1alpha2", call
-                after = call["after"]
-                assert isinstance(after, int)
-                fake.occur(V1ALPHA2, after)
-                fed.append(after)
-            if time.monotonic() > deadline:
-                pytest.fail(f"the client made {len(fed)} calls:\n{log_of(client, 'watcher')}")
-            status = containerd.cri().container_status(container_id, verbose=False).status
-            if status.exit_code != 0:
-                pytest.fail(f"the client failed:\n{log_of(client, 'watcher')}")
-            time.sleep(0.05)
-
-        def occurrences_so_far() -> int:
-            return len([line for line in list(daemon.lines) if OCCURRENCE in line])
-
-        wait(lambda: occurrences_so_far() >= PERSISTENT_CALLS, "a line per occurrence")
+        calls = wait_for_calls(containerd, client, "watcher", PERSISTENT_CALLS)
+        assert all(call["api"] == "v1alpha2" for call in calls), calls
+        wait(lambda: len(new_occurrences(daemon)) >= PERSISTENT_CALLS, "a line per occurrence")
         result = ociresolve(
-            "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
+            containerd, "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
         )
         (opened,) = [c["opened"] for c in calls_of(client, "watcher") if "opened" in c]
         for pod in innocents:
@@ -652,11 +728,11 @@ def test_a_client_keeping_one_connection_open_is_named(
     # One connection, opened seconds before the first call.
     pod = "/".join(PERSISTENT_POD)
     assert len([r for r in traced if r.get("pod") == pod]) == 1, traced
-    assert fed[0] - opened > 2_000_000_000
+    assert calls[0]["before"] - opened > 2_000_000_000
     assert {f"{ns}/{n}" for ns, n, _, _ in PER_CALL_INNOCENTS} <= {r.get("pod") for r in traced}
 
+    assert_recorded(new_occurrences(daemon), calls)
     client_lines = [r for r in clients if r.get("pod") == pod]
-    assert len([r for r in lines if r.get("msg") == OCCURRENCE]) == PERSISTENT_CALLS
     assert len(client_lines) == PERSISTENT_CALLS, clients
     assert client_lines[-1]["occurrences"] == str(PERSISTENT_CALLS)
     assert float(client_lines[-1]["confidence"]) >= 0.8, client_lines[-1]

@@ -1,6 +1,7 @@
 """ociresolve from its own container image (deploy/image/, built by scripts/build-image), run
-in the real containerd through CRI with the DaemonSet's settings (deploy/: mounts, user,
-capabilities, seccomp, read-only root, hostPID, env), resolving another pod from inside.
+in the real containerd (every generation) through CRI with the DaemonSet's settings (deploy/:
+mounts, user, capabilities, seccomp, read-only root, hostPID, env), resolving another pod from
+inside.
 
 The DaemonSet is translated as kubelet would (tests/harness/daemonset.py), with the host paths
 of the runtime state directories remapped to this test's private containerd (its state
@@ -23,7 +24,6 @@ from pathlib import Path
 import pytest
 from harness import UNIXCONNECT, Containerd, ContainerSpec, Pod, PodFactory
 from harness.daemonset import DaemonSetPod, daemonset_pod, kubectl_requirements, render
-from harness.image import import_tarball
 from harness.ociresolve_image import (
     OCIRESOLVE_IMAGE,
     REPO,
@@ -63,7 +63,7 @@ def ociresolve_image(containerd: Containerd) -> str:
     """The image, built (or cached) and imported into the session's containerd."""
     _require(image_build_requirements() or kubectl_requirements())
     tarball = build_ociresolve_image()
-    import_tarball(containerd.socket, tarball, timeout=300)
+    containerd.import_tarball(tarball, timeout=300)
     return OCIRESOLVE_IMAGE
 
 
@@ -234,8 +234,9 @@ def test_the_daemon_from_the_image_answers_the_host_cli(
     assert sockets, log_lines(daemon, CONTAINER)
     (api,) = sockets
 
+    cli = [str(REPO / ".venv/bin/ociresolve"), "lookup", str(pid), "--json"]
     result = subprocess.run(
-        [REPO / ".venv/bin/ociresolve", "lookup", str(pid), "--json", "--daemon-socket", api],
+        containerd.command([*cli, "--daemon-socket", str(api)]),
         capture_output=True,
         text=True,
         timeout=30,

@@ -1,9 +1,13 @@
-"""The live index on a real containerd 1.6 + runc: a ``Resolver`` started before the pods are
-made, fed by inotify alone, answers for every container without ever asking the CRI.
+"""The live index on a real containerd + runc, every generation: a ``Resolver`` started before
+the pods are made, fed by inotify alone, answers for every container without ever asking the
+CRI.
 
 Every test starts its own ``Resolver`` on the session containerd's state directory (the
 runtime root, with ``host_root`` ``/``), subscribed to its changes, *then* creates pods through
-the CRI exactly as kubelet does (RunPodSandbox, CreateContainer, StartContainer).
+the CRI exactly as kubelet does (RunPodSandbox, CreateContainer, StartContainer). In the pure
+cgroup v2 view the resolver in this process reads the same v2 hierarchy where this machine
+mounts it (``/sys/fs/cgroup/unified`` on a hybrid one); the CLI runs in containerd's namespace,
+where it is ``/sys/fs/cgroup``.
 """
 
 from __future__ import annotations
@@ -283,8 +287,10 @@ def test_a_container_that_exits_at_once_still_resolves(
 
     ``quick`` runs ``true``. ``self-id`` reports its own cgroup id, as a BPF probe would read
     it with ``bpf_get_current_cgroup_id()``, then exits: ``stat -c %i`` of its cgroup v2
-    directory (its ``0::`` path; there is no cgroup namespace) through a read-only bind mount
-    of the host's cgroup2 mount.
+    directory. With cgroup v1 controllers there is no cgroup namespace: that is its ``0::``
+    path in a read-only bind mount of the host's cgroup2 mount. On cgroup v2 alone, containerd
+    gives each container a cgroup namespace of its own and runc mounts the container's cgroup
+    at ``/sys/fs/cgroup``.
 
     What holds once CRI says EXITED: containerd has already deleted the task, so the bundle
     directory and the cgroup are gone. The index keeps the removed record for the grace period
@@ -296,16 +302,16 @@ def test_a_container_that_exits_at_once_still_resolves(
     """
     watch = live(30.0)
     cgroup2 = cgroup2_mount()
-    report = "stat -c %i /hostcg$(sed -n 's/^0:://p' /proc/self/cgroup)"
+    if containerd.cgroup_mode == "unified":
+        report, mounts = "stat -c %i /sys/fs/cgroup", []
+    else:
+        report = "stat -c %i /hostcg$(sed -n 's/^0:://p' /proc/self/cgroup)"
+        mounts = [Mount(str(containerd.cgroup2_mount), "/hostcg", readonly=True)]
     pod = pod_factory(
         "short-lived-1c4f2",
         [
             ContainerSpec("quick", ["true"]),
-            ContainerSpec(
-                "self-id",
-                ["sh", "-c", report],
-                mounts=[Mount(str(cgroup2), "/hostcg", readonly=True)],
-            ),
+            ContainerSpec("self-id", ["sh", "-c", report], mounts=mounts),
         ],
         namespace="live",
     )
@@ -383,9 +389,10 @@ def test_teardown_evicts_after_the_grace_period(
         assert container_id not in watch.resolver.index.meta_by_id
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(containerd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ociresolve ARGS``, run where containerd runs (its cgroup v2 view, if it has one)."""
     return subprocess.run(
-        [sys.executable, "-m", "ociresolve", *args],
+        containerd.command([sys.executable, "-m", "ociresolve", *args]),
         capture_output=True,
         text=True,
         timeout=60,
@@ -403,7 +410,9 @@ def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) ->
     root = str(containerd.state_dir)
     pids = {cid: init_pid(containerd, cid) for cid, _ in members(pod)}
     for container_id, name in members(pod):
-        result = _cli("lookup", str(pids[container_id]), "--runtime-root", root, "--json")
+        result = _cli(
+            containerd, "lookup", str(pids[container_id]), "--runtime-root", root, "--json"
+        )
         assert result.returncode == 0, result.stderr
         row = json.loads(result.stdout)
         assert {k: row[k] for k in expected_meta(pod, container_id, name)} == expected_meta(
@@ -411,7 +420,7 @@ def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) ->
         )
         assert (row["pid"], row["source"]) == (pids[container_id], "bundle")
 
-    result = _cli("list", "--runtime-root", root)
+    result = _cli(containerd, "list", "--runtime-root", root)
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     assert header.split() == ["NAMESPACE", "POD", "CONTAINER", "TYPE", "RUNTIME", "ID", "PID"]
@@ -428,6 +437,6 @@ def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) ->
             str(pids[container_id]),
         ]
 
-    result = _cli("lookup", str(os.getpid()), "--runtime-root", root)
+    result = _cli(containerd, "lookup", str(os.getpid()), "--runtime-root", root)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "not in a container" in result.stderr

@@ -1,6 +1,7 @@
-"""The containerd socket tracer on the real containerd, with real BPF: containers that connect
-to the containerd socket (mounted into them) are named by pod, namespace and container from the
-live index alone; an exec'd process too; host processes are host; other sockets are ignored."""
+"""The containerd socket tracer on the real containerd, every generation, with real BPF:
+containers that connect to the containerd socket (mounted into them) are named by pod, namespace
+and container from the live index alone; an exec'd process too; host processes are host; other
+sockets are ignored. The tracer runs where containerd runs (``Containerd.command``)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def tracer(containerd: Containerd) -> Iterator[TracerProcess]:
             "json",
             "--summary-interval",
             "0",
-        ]
+        ],
+        enter=containerd.command,
     )
     with process:
         yield process
@@ -128,7 +130,7 @@ def test_an_exec_in_a_running_container_host_processes_and_other_sockets(
     # kubectl exec: a second process, started later in the running container.
     subprocess.run(
         [
-            "ctr",
+            containerd.ctr,
             "--address",
             str(containerd.socket),
             "-n",

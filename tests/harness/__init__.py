@@ -1,10 +1,11 @@
 """A reusable real-containerd harness for end-to-end tests.
 
-Runs a private containerd (private root, state, socket, cgroup parent), imports test images
-built from the host's static busybox, and runs host-network pods through CRI like kubelet::
+Runs a private containerd of any generation (``generations``: 1.6, 1.7, 2.x, 2.x on pure
+cgroup v2; private root, state, socket, cgroup parent), imports test images built from the
+host's static busybox, and runs host-network pods through CRI like kubelet::
 
-    with Containerd(tmp_path) as ctrd:
-        import_images(ctrd.socket, build_images(tmp_path / "images"))
+    with Containerd(tmp_path, generation=by_id("2.x")[0]) as ctrd:
+        ctrd.import_images(build_images(tmp_path / "images"))
         with ctrd.cri().pod("web", [ContainerSpec("app", ["sleep", "60"])]) as pod:
             config = ctrd.bundle_dir(pod.container_id("app")) / "config.json"
 

@@ -23,6 +23,9 @@ from typing import IO, Any
 
 from .errors import HarnessError
 
+Enter = Callable[[Sequence[str], Path], list[str]]
+"""How to run a command line somewhere else: ``(argv, cwd) -> argv`` (``Containerd.command``)."""
+
 READY_MSG = "ready"
 START_TIMEOUT = 60.0  # the tracer's BPF program, with --trace-connect, takes up to 2.5 s
 STOP_TIMEOUT = 10.0
@@ -32,14 +35,23 @@ _ROOT = Path(__file__).resolve().parents[2]
 class DaemonProcess:
     """``python -m ociresolve serve --socket SOCKET --log-format json ARGS``.
 
-    ``start()`` (or ``with``) returns once the daemon logged that it is ready: its initial scan
-    is done and its API answers on ``socket``. ``stop()`` sends SIGTERM, waits, and raises
+    ``enter`` says how to run it where the runtime runs (``Containerd.command``: in the pure
+    cgroup v2 view's mount namespace); by default, here. ``start()`` (or ``with``) returns once
+    the daemon logged that it is ready: its initial scan is done and its API answers on
+    ``socket``. ``stop()`` sends SIGTERM, waits, and raises
     ``HarnessError`` unless it exited with 0; it returns the seconds from the signal to the
     exit. ``logs`` holds the daemon's log records (dicts), ``lines`` its stdout lines.
     """
 
-    def __init__(self, socket: str | os.PathLike[str], args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        socket: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        enter: Enter | None = None,
+    ) -> None:
         self.socket = Path(socket)
+        self.enter = enter
         self.command = [
             sys.executable,
             "-m",
@@ -74,7 +86,7 @@ class DaemonProcess:
         self.returncode = None
         self._logs = queue.Queue()
         self._process = subprocess.Popen(
-            self.command,
+            self.enter(self.command, _ROOT) if self.enter is not None else self.command,
             cwd=_ROOT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
             stdin=subprocess.DEVNULL,

@@ -202,15 +202,18 @@ def build_images(work_dir: Path) -> ImageSet:
     return ImageSet(tarball=tarball)
 
 
-def import_images(socket: Path, images: ImageSet, *, timeout: float = 60.0) -> None:
-    """Import ``images`` into the ``k8s.io`` namespace of the containerd at ``socket``."""
-    import_tarball(socket, images.tarball, timeout=timeout)
+def import_images(
+    socket: Path, images: ImageSet, *, timeout: float = 60.0, ctr: str = "ctr"
+) -> None:
+    """Import ``images`` into the ``k8s.io`` namespace of the containerd at ``socket``
+    (``Containerd.import_images`` does it with that containerd's own ``ctr``)."""
+    import_tarball(socket, images.tarball, timeout=timeout, ctr=ctr)
 
 
-def import_tarball(socket: Path, tarball: Path, *, timeout: float = 60.0) -> None:
+def import_tarball(socket: Path, tarball: Path, *, timeout: float = 60.0, ctr: str = "ctr") -> None:
     """Import an image tarball (OCI layout or docker-archive) into the ``k8s.io`` namespace
     of the containerd at ``socket``, where the CRI plugin finds it."""
-    command = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+    command = [ctr, "--address", str(socket), "--namespace", "k8s.io"]
     command += ["images", "import", str(tarball)]
     try:
         result = subprocess.run(

@@ -14,11 +14,14 @@ import subprocess
 from pathlib import Path
 
 from .cgroups import cgroup_mounts
+from .generations import Generation, locate
+from .namespace import unified_requirements
 
 INSTALL_HINT = "run scripts/install-system as root"
 
-# Binaries the containerd harness runs (containerd starts the shim, the shim starts runc).
-_CONTAINERD_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "busybox", "gcc")
+# Binaries the harness runs besides each generation's own containerd, shim and ctr (the shim
+# starts runc).
+_TOOLS = ("runc", "busybox", "gcc")
 
 # ELF program header type of the dynamic loader entry: a static binary has none.
 _PT_INTERP = 3
@@ -33,11 +36,12 @@ def root_requirements() -> str | None:
 
 @functools.cache
 def requirements() -> str | None:
-    """Tests marked ``e2e``: root, containerd, runc, ctr, static busybox and gcc, cgroups."""
+    """Tests marked ``e2e``: root, runc, static busybox and gcc, cgroups (and, for the tests
+    of a containerd generation, ``generation_requirements``)."""
     reason = root_requirements()
     if reason is not None:
         return reason
-    missing = [tool for tool in _CONTAINERD_TOOLS if shutil.which(tool) is None]
+    missing = [tool for tool in _TOOLS if shutil.which(tool) is None]
     if missing:
         return f"missing {', '.join(missing)}: {INSTALL_HINT}"
     busybox = shutil.which("busybox")
@@ -51,6 +55,20 @@ def requirements() -> str | None:
         return f"gcc cannot link statically, no libc.a (install libc6-dev): {INSTALL_HINT}"
     if not cgroup_mounts():
         return "no cgroup filesystem mounted under /sys/fs/cgroup"
+    return None
+
+
+@functools.cache
+def generation_requirements(generation: Generation) -> str | None:
+    """A containerd generation: its binaries (fetched, or on PATH), and for the unified view
+    what makes its mount namespace."""
+    located = locate(generation)
+    if isinstance(located, str):
+        return located
+    if generation.cgroups == "unified":
+        reason = unified_requirements()
+        if reason is not None:
+            return f"containerd {generation.id}: {reason}"
     return None
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
+from .daemon_process import Enter
 from .errors import HarnessError
 
 STARTED_MSG = "containerd socket tracer started"
@@ -28,7 +29,8 @@ class TracerProcess:
     ``start()`` (or ``with``) waits for the start-up line: from then on the probe is attached.
     ``wait_for(predicate)`` returns the first line not yet consumed that matches; ``stop()``
     sends SIGTERM and returns the lines left (the final summary last). ``on_line`` sees every
-    line as it arrives (the demo prints them).
+    line as it arrives (the demo prints them). ``enter`` runs it where the runtime runs, as
+    for ``DaemonProcess``.
     """
 
     def __init__(
@@ -38,8 +40,10 @@ class TracerProcess:
         on_line: Callable[[str], None] | None = None,
         python: str = sys.executable,
         cwd: Path = _ROOT,
+        enter: Enter | None = None,
     ) -> None:
         self.command = [python, "-m", "ociresolve", "trace", "connect", *args]
+        self.enter = enter
         self.on_line = on_line
         self.cwd = cwd
         self.lines: list[str] = []  # every line so far
@@ -51,7 +55,7 @@ class TracerProcess:
     def start(self, timeout: float = START_TIMEOUT) -> TracerProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._process = subprocess.Popen(
-            self.command,
+            self.enter(self.command, self.cwd) if self.enter is not None else self.command,
             cwd=self.cwd,
             env=env,
             stdin=subprocess.DEVNULL,
