@@ -197,9 +197,11 @@ class CriSource:
             return self.fallback
 
     def find(self, container_id: str, explain: bool = False) -> tuple[Found, str | None]:
+        if not self.enabled:
+            return None, "off"
         cri = self.fallback or self.connect()
         if cri is None:
-            return None, "no CRI socket found" if self.enabled else "off"
+            return None, "no CRI socket found"
         if not explain:
             return cri.resolve(container_id), None
         before = dict(cri.calls)  # a copy: the calls this lookup makes tell why it missed

@@ -139,7 +139,7 @@ def test_garbage_frames_after_a_valid_preface_are_dropped(
                 junk = b"\xff\xff\xff" + bytes([DATA, 0]) + b"\x00\x00\x00\x01" + junk
             client.sendall(PREFACE + frame(SETTINGS, 0, 0) + junk)
         for client in clients:
-            assert closed_by_peer(client, 2.0)
+            assert closed_by_peer(client, 5.0)  # 20 at once, on a loaded 2-core CI machine
             client.close()
         assert server.serving
         assert_answers(path, node)
