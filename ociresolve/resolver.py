@@ -240,20 +240,22 @@ class Resolver:
         if steps is None:
             for find, name in self._miss_path:
                 found = find(container_id)[0]
+                if found is None:
+                    continue
                 if isinstance(found, ContainerMeta):
                     return Resolution(meta=found, source=name)
-                if found is not None:
-                    return found
+                return found
             return None
         for source in self._sources:
             started = time.perf_counter()
             found, note = source.find(container_id, explain=True)
             if note is not None:
                 steps.append(Step.since(source.name, note, started))
+            if found is None:
+                continue
             if isinstance(found, ContainerMeta):
                 return Resolution(meta=found, source=source.name)
-            if found is not None:
-                return found
+            return found
         return None
 
     def _cgroup_miss(self, cgroup_id: int) -> ContainerMeta | None:
