@@ -1,4 +1,4 @@
-"""Fixtures of the live-index tests: a fake host on a tmpfs."""
+"""Fixtures of the unit tests: a fake host on a tmpfs, a private directory for sockets."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemonfakes import socket_dir
 from fakehost import FakeHost, tmpfs_directory
 
 
@@ -19,3 +20,10 @@ def host(tmp_path: Path) -> Iterator[FakeHost]:
     finally:
         if owned:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def sockets(tmp_path: Path) -> Iterator[Path]:
+    """A directory short enough for unix socket paths, removed afterwards."""
+    with socket_dir(tmp_path) as directory:
+        yield directory

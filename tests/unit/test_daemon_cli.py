@@ -18,7 +18,6 @@ from daemonfakes import (
     make_node,
     resolver_service,
     serving,
-    socket_dir,
 )
 from fakehost import FakeHost
 
@@ -30,12 +29,6 @@ from ociresolve.daemon.server import ApiServer
 @pytest.fixture
 def node(host: FakeHost) -> Node:
     return make_node(host)
-
-
-@pytest.fixture
-def sockets(tmp_path: Path) -> Iterator[Path]:
-    with socket_dir(tmp_path) as directory:
-        yield directory
 
 
 @pytest.fixture

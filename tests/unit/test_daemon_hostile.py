@@ -29,7 +29,6 @@ from daemonfakes import (
     random_bytes,
     resolver_service,
     serving,
-    socket_dir,
     unix_connect,
 )
 from fakehost import FakeHost, new_id
@@ -56,12 +55,6 @@ def resolver(node: Node) -> Iterator[Resolver]:
     resolver = node.resolver().start()
     yield resolver
     resolver.close()
-
-
-@pytest.fixture
-def sockets(tmp_path: Path) -> Iterator[Path]:
-    with socket_dir(tmp_path) as directory:
-        yield directory
 
 
 def assert_answers(path: Path, node: Node, rounds: int = 5) -> None:

@@ -22,7 +22,6 @@ from daemonfakes import (
     Node,
     free_port,
     make_node,
-    socket_dir,
 )
 from fakehost import FakeHost
 
@@ -35,12 +34,6 @@ STOP_WITHIN = 2.0
 @pytest.fixture
 def node(host: FakeHost) -> Node:
     return make_node(host)
-
-
-@pytest.fixture
-def sockets(tmp_path: Path) -> Iterator[Path]:
-    with socket_dir(tmp_path) as directory:
-        yield directory
 
 
 @dataclass

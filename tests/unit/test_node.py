@@ -14,7 +14,6 @@ from daemonfakes import (
     MISSING_PID,
     make_node,
     serving,
-    socket_dir,
 )
 from daemonfakes import Node as FakeNode
 from fakehost import FakeHost
@@ -27,12 +26,6 @@ from ociresolve.daemon.server import ApiServer
 @pytest.fixture
 def fake(host: FakeHost) -> FakeNode:
     return make_node(host)
-
-
-@pytest.fixture
-def sockets(tmp_path: Path) -> Iterator[Path]:
-    with socket_dir(tmp_path) as directory:
-        yield directory
 
 
 @pytest.fixture
