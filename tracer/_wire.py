@@ -25,7 +25,10 @@ STAT_MATCHED = 0
 STAT_LOST = 1
 
 EV_CONNECT = 0
-KINDS: tuple[Kind, ...] = ("connect", "failed", "close", "exit")  # by OCI_EV_* number
+EV_SEND = 4
+KINDS: tuple[Kind, ...] = ("connect", "failed", "close", "exit", "send")  # by OCI_EV_* number
+KIND_MASK = 0xFF  # kind's low byte; its high byte holds flags (OCI_EVF_*)
+EVF_EXCLUDED = 0x100
 
 UNIX_PATH_MAX = 108
 COMM_LEN = 16
@@ -67,7 +70,8 @@ class Config(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("wakeup_every", ctypes.c_uint32),
         ("min_addrlen", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("ignore_tgid", ctypes.c_uint32),
+        ("activity_interval_ns", ctypes.c_uint64),
     )
 
 
@@ -84,6 +88,7 @@ class CommKey(ctypes.Structure):
 
 
 assert ctypes.sizeof(RawEvent) == 160
+assert ctypes.sizeof(Config) == 32
 assert ctypes.sizeof(UnixKey) == 112
 
 
@@ -149,8 +154,9 @@ def decoder(sink: Callable[[ConnectEvent], object]) -> Callable[[object, int, in
 
     def callback(_ctx: object, data: int, _size: int) -> int:
         raw = from_address(data)
-        if raw.kind != EV_CONNECT:
-            sink(_lifetime(raw.time_ns, raw.tgid, raw.tid, raw.kind, raw.fd))
+        kind = raw.kind
+        if (kind & KIND_MASK) != EV_CONNECT:
+            sink(_after(raw.time_ns, raw.tgid, raw.tid, raw.cgroup_id, raw.family, kind, raw.fd))
             return 0
         family = raw.family
         key = (family, string_at(data + base, raw.addrlen))
@@ -183,6 +189,7 @@ def decoder(sink: Callable[[ConnectEvent], object]) -> Callable[[object, int, in
                     port,
                     raw.fd,
                     "connect",
+                    bool(kind & EVF_EXCLUDED),
                 ),
             )
         )
@@ -221,8 +228,8 @@ def batch_decoder() -> Callable[[memoryview, list[ConnectEvent]], int]:
             if length != EVENT_SIZE:
                 break
             done += 1
-            if kind != EV_CONNECT:
-                append(_lifetime(t, tgid, tid, kind, fd))
+            if (kind & KIND_MASK) != EV_CONNECT:
+                append(_after(t, tgid, tid, cgroup, family, kind, fd))
                 continue
             key = (family, addrlen, addr)
             known = addresses.get(key)
@@ -256,6 +263,7 @@ def batch_decoder() -> Callable[[memoryview, list[ConnectEvent]], int]:
                         port if inet else None,
                         fd,
                         "connect",
+                        bool(kind & EVF_EXCLUDED),
                     ),
                 )
             )
@@ -264,10 +272,16 @@ def batch_decoder() -> Callable[[memoryview, list[ConnectEvent]], int]:
     return decode
 
 
-def _lifetime(time_ns: int, tgid: int, tid: int, kind: int, fd: int) -> ConnectEvent:
-    """A lifetime event (``failed``, ``close``, ``exit``): no address, comm or cgroup."""
-    name = KINDS[kind] if kind < len(KINDS) else "close"
-    return ConnectEvent(time_ns, tgid, tid, 0, "", "other", "", None, fd, name)
+def _after(
+    time_ns: int, tgid: int, tid: int, cgroup_id: int, family: int, kind: int, fd: int
+) -> ConnectEvent:
+    """An event after a connect: a lifetime event (``failed``, ``close``, ``exit``: no address,
+    comm or cgroup id) or a ``send`` (the sender's cgroup id, family ``unix``)."""
+    number = kind & KIND_MASK
+    name = KINDS[number] if number < len(KINDS) else "close"
+    return ConnectEvent(
+        time_ns, tgid, tid, cgroup_id, "", _FAMILY_NAMES.get(family, "other"), "", None, fd, name
+    )
 
 
 def _address(family: int, addr: bytes) -> str:

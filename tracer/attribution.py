@@ -50,14 +50,17 @@ class Attributor:
         self._host_cgroups: set[int] = {ROOT_CGROUP_ID}
 
     def attribute(self, event: ConnectEvent) -> Attribution:
+        # A host cgroup seen before stays one (cgroup v2 ids are not reused): checked first, so
+        # the node's own callers pay neither a lookup that after an index change may scan, or
+        # through the daemon costs an RPC, nor a /proc read.
+        if event.cgroup_id in self._host_cgroups:
+            return HOST
         resolver = self._resolver
         # The kernel's cgroup id: right even when the process has exited since (its container
         # stays in the index for the resolver's grace period), and ~0.1 µs.
         meta = resolver.lookup_cgroup_id(event.cgroup_id)
         if meta is not None:
             return Attribution(meta, "index", meta.container_id)
-        if event.cgroup_id in self._host_cgroups:
-            return HOST  # a host cgroup seen before: no /proc read for the node's own callers
         try:
             answer = resolver.resolve_pid(event.tgid)
             if answer is not None:

@@ -52,6 +52,8 @@ class ProbeFactory(Protocol):
         exclude_comms: Sequence[str],
         include_comms: Sequence[str],
         lifetimes: bool,
+        activity: bool,
+        ignore_tgid: int | None,
     ) -> StartableProbe: ...
 
 
@@ -87,6 +89,12 @@ class ConnectTracer:
     --trace-connect`` with the daemon's. The constructor checks the options and builds the
     probe (raising ``ValueError`` or ``TracerUnavailable``); ``start()`` loads it into the
     kernel (``TracerUnavailable``); ``run(stop)`` traces until ``stop`` is set.
+
+    ``lifetimes`` (the deprecation reporter) follows each connection until it ends;
+    ``activity`` (default: as ``lifetimes``) also reports when a followed connection sends
+    (where the kernel cannot, the probe logs a warning and goes on without). ``ignore_tgid``:
+    a process (the daemon itself, its tgid in the host's PID namespace) whose connects the
+    kernel neither reports nor follows.
     """
 
     def __init__(
@@ -96,6 +104,8 @@ class ConnectTracer:
         probe_kind: ProbeKind | None = None,
         stream: TextIO | None = None,
         lifetimes: bool = False,
+        activity: bool | None = None,
+        ignore_tgid: int | None = None,
     ) -> None:
         if args.ports and args.family == "unix":
             raise ValueError("--port needs --family inet, inet6 or all")
@@ -111,6 +121,8 @@ class ConnectTracer:
             exclude_comms=excluded,
             include_comms=list(args.include_comms),
             lifetimes=lifetimes,
+            activity=lifetimes if activity is None else activity,
+            ignore_tgid=ignore_tgid,
         )
         daemon_socket = getattr(args, "daemon_socket", None)
         cri = "off" if args.no_cri else (args.cri_socket or "auto")
@@ -150,8 +162,9 @@ class ConnectTracer:
     ) -> Counts:
         """Write the start-up line, then trace until ``stop`` is set; the last summary.
 
-        ``observer(event, attribution)`` sees every connect event, ``lifetime(event)`` every
-        lifetime event (with ``lifetimes``); ``wall_ns`` converts their times.
+        ``observer(event, attribution)`` sees every connect event that is reported,
+        ``lifetime(event)`` every other event (``failed``, ``close``, ``exit`` with
+        ``lifetimes``; ``send`` with activity); ``wall_ns`` converts their times.
         """
         self.output.started(self.settings)
         self.loop = TraceLoop(

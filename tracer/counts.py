@@ -12,7 +12,8 @@ class Counts:
     """Totals since the tracer started.
 
     ``events`` = ``resolved`` + ``host`` + ``unresolved``; ``suppressed`` of them were repeats
-    that ``--dedup`` kept off the output; ``lost`` were dropped by the kernel side before they
+    that ``--dedup`` kept off the output; ``excluded`` connects (not in ``events``) were host
+    processes with an excluded name, dropped; ``lost`` were dropped by the kernel side before they
     could be read (the probe's own count); ``sources`` splits ``resolved`` by where the answer
     came from (``index``, ``bundle``, ``cri``).
     """
@@ -22,6 +23,7 @@ class Counts:
     host: int = 0
     unresolved: int = 0
     suppressed: int = 0
+    excluded: int = 0
     lost: int = 0
     sources: dict[str, int] = field(default_factory=lambda: {"index": 0, "bundle": 0, "cri": 0})
 

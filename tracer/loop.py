@@ -15,9 +15,9 @@ from ociresolve.tracer.output import Output
 
 POLL_MS = 5
 
-# observer(event, attribution) for every connect event, repeats included (deprecation
-# correlation); lifetime(event) for every lifetime event (close, failed, exit) of a probe that
-# reports them.
+# observer(event, attribution) for every connect event that is reported, repeats included
+# (deprecation correlation); lifetime(event) for every other event (close, failed, exit with
+# lifetimes; send with activity), in the probe's order.
 Observer = Callable[[ConnectEvent, Attribution], None]
 LifetimeObserver = Callable[[ConnectEvent], None]
 
@@ -35,7 +35,10 @@ class TraceLoop:
     """Reads batches from a started probe until ``stop`` is set.
 
     Each event is resolved and written (and flushed) before the next; ``--dedup`` repeats are
-    counted, not written. A summary line every ``summary_interval`` seconds (0: none), and a
+    counted, not written. A connect the kernel marked ``excluded`` (its thread name is on the
+    exclude list) is dropped, and counted, only when its caller is a host process: the
+    exclusions name the node's own components, and inside a container any process may take
+    their names. A summary line every ``summary_interval`` seconds (0: none), and a
     last one when the loop stops, after the events already buffered are drained.
     """
 
@@ -86,6 +89,9 @@ class TraceLoop:
                     lifetime(event)
                 continue
             who = attribute(event)
+            if event.excluded and who.source == "host":
+                counts.excluded += 1
+                continue
             counts.add(who.source)
             if observer is not None:
                 observer(event, who)

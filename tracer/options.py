@@ -82,14 +82,16 @@ def add_connect_arguments(
         dest="exclude_comms",
         default=[],
         metavar="COMM",
-        help="do not report processes with this name, in addition to the node's own "
-        "components (kubelet, containerd, containerd-shim*, ctr, crictl, ...) (repeatable)",
+        help="do not report host processes (outside containers) with this name, in addition to "
+        "the node's own components (kubelet, containerd, containerd-shim*, ctr, crictl); a "
+        "process in a container is reported whatever its name (repeatable)",
     )
     parser.add_argument(
         option("no-default-excludes"),
         dest="no_default_excludes",
         action="store_true",
-        help="report the node's own components too",
+        help="report the node's own components running on the host too (in containers they "
+        "are always reported)",
     )
     parser.add_argument(
         option("include-comm"),
@@ -121,6 +123,6 @@ def add_connect_arguments(
         type=_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="a summary line (events, resolved, host, unresolved, lost) every SECONDS "
+        help="a summary line (events, resolved, host, unresolved, lost, excluded) every SECONDS "
         "(default: 60; 0: only at exit)",
     )

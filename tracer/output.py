@@ -163,6 +163,7 @@ def _count_fields(counts: Counts) -> list[tuple[str, int]]:
         ("unresolved", counts.unresolved),
         ("lost", counts.lost),
         ("suppressed", counts.suppressed),
+        ("excluded", counts.excluded),
         *((f"source_{source}", n) for source, n in counts.sources.items()),
     ]
 

@@ -8,8 +8,9 @@
                 ...
             if probe.lost: ...
 
-Filtering happens in the kernel (family, socket path or port, comm deny/allow lists; an
-``addrlen`` too short for any traced address is dropped before the address is read), so a
+Filtering happens in the kernel (family, socket path or port, comm allow list; an ``addrlen``
+too short for any traced address is dropped before the address is read; excluded comms are
+marked, not dropped: see ``ConnectEvent.excluded``), so a
 host hammering connect() costs little and does not crowd the buffer. Events arrive through a
 BPF ring buffer submitted without wakeups and drained by ``poll`` every few milliseconds (the
 kernel forces a wakeup only when a backlog builds up), read through mmap and decoded in batches
@@ -20,6 +21,7 @@ buffer.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -32,6 +34,7 @@ from .events import ConnectEvent
 
 __all__ = [
     "BPF_DIR_ENV",
+    "DEFAULT_ACTIVITY_INTERVAL_NS",
     "DEFAULT_EXCLUDED_COMMS",
     "DEFAULT_RING_PAGES",
     "DEFAULT_SOCKETS",
@@ -48,10 +51,12 @@ DEFAULT_SOCKETS: tuple[str, ...] = (
     "/run/k3s/containerd/containerd.sock",
 )
 
-#: The node's own components. The original tracer (GoogleCloudPlatform/k8s-node-tools,
+#: The node's own components, excluded only when they run outside containers: the kernel marks
+#: their connects (``ConnectEvent.excluded``) and the tracer drops those of host processes. The
+#: original tracer (GoogleCloudPlatform/k8s-node-tools,
 #: containerd/socket-tracer/containerd-socket-tracer.yaml) skips comm kubelet, containerd, ctr
-#: and crictl; we add the shims, whose 15-byte comm is ``containerd-shim`` for every
-#: ``containerd-shim-*`` binary.
+#: and crictl for every process; we add the shims, whose 15-byte comm is ``containerd-shim`` for
+#: every ``containerd-shim-*`` binary.
 DEFAULT_EXCLUDED_COMMS: tuple[str, ...] = (
     "kubelet",
     "containerd",
@@ -64,6 +69,11 @@ DEFAULT_EXCLUDED_COMMS: tuple[str, ...] = (
 FAMILIES = frozenset({"unix", "inet", "inet6", "other", "all"})
 
 DEFAULT_RING_PAGES = 1024  # 4 MiB: about 25,000 events, 25 ms of a 1M events/s storm
+#: At most one ``send`` event per followed connection per this (the correlator's flat window).
+DEFAULT_ACTIVITY_INTERVAL_NS = 5_000_000
+MAX_ACTIVITY_INTERVAL_NS = 60_000_000_000
+#: Where sends are seen (``sock_sendmsg``): every socket send, no file write.
+SEND_TRACEPOINT = ("sock", "sock_send_length")
 DEFAULT_POLL_MS = 5
 BPF_DIR_ENV = "OCIRESOLVE_BPF_DIR"
 SOURCE_NAME = "connect.bpf.c"
@@ -75,6 +85,8 @@ MAX_COMMS = 64
 
 Delivery = Literal["auto", "ringbuf", "perf"]
 
+log = logging.getLogger(__name__)
+
 _ALL_FAMILIES_MASK = (1 << 64) - 1
 _KNOWN_FAMILIES_MASK = sum(1 << n for n in _wire.FAMILY_NUMBERS.values())
 
@@ -85,12 +97,20 @@ class ConnectProbe:
     ``unix_paths``: exact socket paths, ``prefix*`` patterns, ``*`` for all, ``@name`` for
     abstract sockets (empty: all). ``ports``: TCP/UDP destination ports of inet/inet6 connects
     (empty: all). ``exclude_comms`` / ``include_comms``: thread names (compared on their first
-    15 bytes, as the kernel keeps them); an empty ``include_comms`` allows every name.
+    15 bytes, as the kernel keeps them); an excluded name's connects are still reported, marked
+    ``excluded`` (the caller decides: the tracer drops only host processes'); only the names
+    in a non-empty ``include_comms`` are reported.
     ``ring_pages``: ring buffer size in 4 KiB pages, a power of two. ``delivery``: ``auto``
     picks the ring buffer on Linux 5.8+, else the perf buffer. ``dump_bpf``: BCC prints the
     preprocessed C and the BPF instructions with their source lines to stderr while loading.
     ``lifetimes``: also report what becomes of each reported connect's socket (``failed``,
     ``close``, ``exit`` events); every close() on the host then costs a map lookup.
+    ``activity`` (with ``lifetimes``): also a ``send`` event when a followed unix connection
+    sends, at most one per connection per ``activity_interval_ns``; every socket send on the
+    host then runs a program (for a unix one, two array lookups). Where the kernel lacks the
+    tracepoint, ``start()`` logs a warning and goes on without: ``activity`` then stays False
+    and ``activity_unavailable`` says why. ``ignore_tgid``: a process (in the host's PID
+    namespace) whose connects are neither reported nor followed, e.g. the daemon itself.
     """
 
     def __init__(
@@ -106,6 +126,9 @@ class ConnectProbe:
         bpf_dir: str | os.PathLike[str] | None = None,
         dump_bpf: bool = False,
         lifetimes: bool = False,
+        activity: bool = False,
+        activity_interval_ns: int = DEFAULT_ACTIVITY_INTERVAL_NS,
+        ignore_tgid: int | None = None,
     ) -> None:
         unknown = set(families) - FAMILIES
         if unknown or not families:
@@ -117,6 +140,15 @@ class ConnectProbe:
         bad_ports = [p for p in ports if not 0 <= p <= 0xFFFF]
         if bad_ports:
             raise ValueError(f"ports out of range: {bad_ports}")
+        if activity and not lifetimes:
+            raise ValueError("activity needs lifetimes (sends are reported on followed sockets)")
+        if not 0 <= activity_interval_ns <= MAX_ACTIVITY_INTERVAL_NS:
+            raise ValueError(
+                f"activity_interval_ns must be 0 to {MAX_ACTIVITY_INTERVAL_NS}, "
+                f"got {activity_interval_ns}"
+            )
+        if ignore_tgid is not None and not 0 < ignore_tgid < 1 << 32:
+            raise ValueError(f"ignore_tgid out of range: {ignore_tgid}")
         self.families = frozenset(families)
         self.unix_paths = tuple(unix_paths) or ("*",)
         self.ports = tuple(sorted(set(ports)))
@@ -125,6 +157,13 @@ class ConnectProbe:
         self.ring_pages = ring_pages
         self.dump_bpf = dump_bpf
         self.lifetimes = lifetimes
+        self.activity_requested = activity
+        self.activity_interval_ns = activity_interval_ns
+        self.ignore_tgid = ignore_tgid
+        #: Whether ``send`` events are on: decided by ``start()``.
+        self.activity = False
+        #: Why activity was asked for but is off (``None``: it is on, or was not asked for).
+        self.activity_unavailable: str | None = None
         self._unix_keys = [_wire.unix_key(p) for p in self.unix_paths]
         self._deny_keys = {bytes(_wire.comm_key(c).comm): _wire.comm_key(c) for c in exclude_comms}
         self._allow_keys = {bytes(_wire.comm_key(c).comm): _wire.comm_key(c) for c in include_comms}
@@ -162,6 +201,16 @@ class ConnectProbe:
         delivery = self._requested_delivery
         if delivery == "auto":
             delivery = "ringbuf" if _environment.ringbuf_supported() else "perf"
+        self.activity, self.activity_unavailable = False, None
+        if self.activity_requested:
+            self.activity_unavailable = _activity_unavailable(bcc)
+            self.activity = self.activity_unavailable is None
+            if not self.activity:
+                log.warning(
+                    "per-request activity is off: %s; connections are followed by their "
+                    "lifetimes only",
+                    self.activity_unavailable,
+                )
         debug = (bcc.DEBUG_PREPROCESSOR | bcc.DEBUG_SOURCE) if self.dump_bpf else 0
         try:
             # The tracepoint is attached as soon as BPF() loads it; its config map is still all
@@ -259,13 +308,18 @@ class ConnectProbe:
                 lows.append(_wire.SOCKADDR_FAMILY_LEN)
         return max(_wire.SOCKADDR_FAMILY_LEN, min(lows))
 
-    def cflags(self, delivery: Literal["ringbuf", "perf"] = "ringbuf") -> list[str]:
-        """The compiler flags of the C file for this configuration."""
+    def cflags(
+        self, delivery: Literal["ringbuf", "perf"] = "ringbuf", *, activity: bool | None = None
+    ) -> list[str]:
+        """The compiler flags of the C file for this configuration (``activity``: default,
+        whether ``start()`` turned it on)."""
         flags = [f"-DOCI_RING_PAGES={self.ring_pages}"]
         if delivery == "perf":
             flags.append("-DOCI_PERF_BUFFER")
         if self.lifetimes:
             flags.append("-DOCI_LIFETIMES")
+            if self.activity if activity is None else activity:
+                flags.append("-DOCI_ACTIVITY")
         return flags
 
     # -- internals ----------------------------------------------------------------------------
@@ -311,6 +365,8 @@ class ConnectProbe:
         config.families = mask
         config.flags = flags
         config.min_addrlen = self.min_addrlen()
+        config.ignore_tgid = self.ignore_tgid or 0
+        config.activity_interval_ns = self.activity_interval_ns
         # Wake the consumer when a quarter of the ring could be waiting, whichever CPU fills it.
         capacity = self.ring_pages * 4096 // (ctypes.sizeof(_wire.RawEvent) + 8)
         config.wakeup_every = max(1, capacity // (4 * (os.cpu_count() or 1)))
@@ -342,6 +398,15 @@ class ConnectProbe:
             lost_cb=lambda _lost: None,
             wakeup_events=64,
         )
+
+
+def _activity_unavailable(bcc: Any) -> str | None:
+    """Why ``send`` events cannot be had here, or ``None``: the tracepoint, where BCC reads
+    tracepoint formats (kernels newer than 6.1 have it: Debian 12's own 6.1 has not)."""
+    category, event = SEND_TRACEPOINT
+    if bcc.BPF.tracepoint_exists(category, event):
+        return None
+    return f"the kernel has no tracepoint {category}:{event} (sends cannot be seen)"
 
 
 def _source_path(bpf_dir: str | os.PathLike[str] | None) -> Path:

@@ -199,7 +199,9 @@ def test_inet_and_inet6_with_a_port_filter(sock_dir: Path) -> None:
 
 
 @bpf
-def test_comm_deny_list(sock_dir: Path) -> None:
+def test_comm_deny_list_marks_and_does_not_drop(sock_dir: Path) -> None:
+    """Excluded names are reported, marked: inside a container any process may take them (user
+    space drops them only for host processes)."""
     target = sock_dir / "d.sock"
     deny = ["ocibpf-denied", *DEFAULT_EXCLUDED_COMMS]
     with ConnectProbe(unix_paths=[str(target)], exclude_comms=deny) as probe:
@@ -209,11 +211,11 @@ def test_comm_deny_list(sock_dir: Path) -> None:
         kubelet = spawn_connect(target, comm="kubelet")
         allowed = spawn_connect(target, comm="ocibpf-ok")
         events = collect(probe, lambda evs: any(e.tgid == allowed for e in evs))
-    pids = {e.tgid for e in events}
-    assert allowed in pids
-    assert not pids & {denied, shim, kubelet}
-    (event,) = [e for e in events if e.tgid == allowed]
-    assert event.comm == "ocibpf-ok"
+    marks = {e.tgid: (e.comm, e.excluded) for e in events}
+    assert marks[allowed] == ("ocibpf-ok", False)
+    assert marks[denied] == ("ocibpf-denied", True)
+    assert marks[shim] == ("containerd-shim", True)
+    assert marks[kubelet] == ("kubelet", True)
 
 
 @bpf
@@ -225,12 +227,12 @@ def test_comm_allow_list(sock_dir: Path) -> None:
         exclude_comms=["ocibpf-denyall"],
     ) as probe:
         other = spawn_connect(target, comm="ocibpf-other")
-        both = spawn_connect(target, comm="ocibpf-denyall")  # the deny list wins
+        both = spawn_connect(target, comm="ocibpf-denyall")  # allowed, and marked excluded
         allowed = spawn_connect(target, comm="ocibpf-allow")
-        events = collect(probe, lambda evs: any(e.tgid == allowed for e in evs))
-    pids = {e.tgid for e in events}
-    assert allowed in pids
-    assert not pids & {other, both}
+        events = collect(probe, lambda evs: {allowed, both} <= {e.tgid for e in evs})
+    marks = {e.tgid: e.excluded for e in events}
+    assert marks[allowed] is False and marks[both] is True
+    assert other not in marks
 
 
 @bpf

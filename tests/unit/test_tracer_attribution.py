@@ -122,3 +122,48 @@ def test_a_host_cgroup_seen_once_costs_no_proc_read_again(node: tuple) -> None:
     for _ in range(3):
         assert attributor.attribute(event(tgid=HOST_PID, cgroup_id=system_slice)) == HOST
     assert asked == [HOST_PID]
+
+
+class CountingResolver:
+    """A resolver that knows one container cgroup and counts what it is asked: behind it may
+    be an index that rescans after a change, or the daemon's RPC."""
+
+    def __init__(self, meta: ociresolve.ContainerMeta, cgroup_id: int) -> None:
+        self.meta = meta
+        self.cgroup_id = cgroup_id
+        self.calls: list[tuple[str, int]] = []
+
+    def lookup_cgroup_id(self, cgroup_id: int) -> ociresolve.ContainerMeta | None:
+        self.calls.append(("lookup_cgroup_id", cgroup_id))
+        return self.meta if cgroup_id == self.cgroup_id else None
+
+    def resolve_pid(self, pid: int) -> None:
+        self.calls.append(("resolve_pid", pid))
+        return None  # a host process
+
+    def cgroup_of(self, pid: int) -> None:
+        self.calls.append(("cgroup_of", pid))
+        return None  # in no container's cgroup
+
+
+def test_known_host_cgroups_are_checked_before_the_resolver() -> None:
+    meta = ociresolve.ContainerMeta(
+        runtime="containerd", container_type="container", container_id="d" * 64, pod_name="p"
+    )
+    fake = CountingResolver(meta, cgroup_id=5000)
+    attribute = Attributor(fake).attribute  # type: ignore[arg-type]
+    # The root cgroup: host without asking anything.
+    assert attribute(event(tgid=HOST_PID, cgroup_id=1)) == HOST
+    assert fake.calls == []
+    # A host cgroup seen for the first time: asked once, learned, then never asked again.
+    for _ in range(3):
+        assert attribute(event(tgid=HOST_PID, cgroup_id=777_002)) == HOST
+    assert fake.calls == [
+        ("lookup_cgroup_id", 777_002),
+        ("resolve_pid", HOST_PID),
+        ("cgroup_of", HOST_PID),
+    ]
+    # A container's cgroup still goes to the resolver every time (its index is the cache).
+    fake.calls.clear()
+    assert attribute(event(tgid=APP_PID, cgroup_id=5000)).meta == meta
+    assert fake.calls == [("lookup_cgroup_id", 5000)]

@@ -72,6 +72,8 @@ def test_a_container_and_a_host_process_end_to_end(
         "exclude_comms": list(kind.DEFAULT_EXCLUDED_COMMS),
         "include_comms": [],
         "lifetimes": False,
+        "activity": False,
+        "ignore_tgid": None,
     }
     lines = [dict(parse_logfmt(line)) for line in capsys.readouterr().out.splitlines()]
     started, container, host_line, stopped = lines
@@ -113,6 +115,8 @@ def test_filters_reach_the_probe(
         "exclude_comms": [*kind.DEFAULT_EXCLUDED_COMMS, "noisy"],
         "include_comms": ["client"],
         "lifetimes": False,
+        "activity": False,
+        "ignore_tgid": None,
     }
     started, stopped = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert started["dedup"] == 2.5 and started["ports"] == [10250]

@@ -216,3 +216,57 @@ def test_lifetime_events_without_a_lifetime_observer_are_dropped() -> None:
     )
     assert [r.get("source") for r in rows] == ["unresolved", None]
     assert rows[-1]["events"] == 1 and rows[-1]["unresolved"] == 1
+
+
+def test_send_events_go_to_the_lifetime_observer_in_order() -> None:
+    stop = threading.Event()
+    connect = event(tgid=10, cgroup_id=CONTAINER_CGROUP, time_ns=1 * SECOND)
+    sent = ConnectEvent(2 * SECOND, 10, 11, CONTAINER_CGROUP, "", "unix", "", None, 5, "send")
+    closed = ConnectEvent(3 * SECOND, 10, 11, 0, "", "other", "", None, 5, "close")
+    probe = FakeProbe([[connect, sent, closed]], stop=stop)
+    probe.start()
+    seen: list[ConnectEvent] = []
+    counts = TraceLoop(
+        probe,
+        FakeAttributor(),  # type: ignore[arg-type]
+        JsonOutput(io.StringIO(), "n", WallClock(0)),
+        observer=lambda e, _who: seen.append(e),
+        lifetime=seen.append,
+    ).run(stop)
+    assert seen == [connect, sent, closed]
+    assert counts.events == 1
+
+
+def test_an_excluded_name_is_dropped_only_on_the_host() -> None:
+    """A thread named ``crictl`` on the host is the node's own tool: dropped and counted, never
+    observed nor written. In a container (or in one nobody knows) it is a client like any other."""
+    stop = threading.Event()
+    host = event(tgid=10, cgroup_id=HOST_CGROUP, comm="crictl")._replace(excluded=True)
+    pod = event(tgid=11, cgroup_id=CONTAINER_CGROUP, comm="crictl")._replace(excluded=True)
+    unknown = event(tgid=12, cgroup_id=GONE_CGROUP, comm="kubelet")._replace(excluded=True)
+    plain = event(tgid=13, cgroup_id=HOST_CGROUP, comm="client")
+    host_close = ConnectEvent(2 * SECOND, 10, 10, 0, "", "other", "", None, 5, "close")
+    probe = FakeProbe([[host, pod, unknown, plain, host_close]], stop=stop)
+    probe.start()
+    observed: list[tuple[ConnectEvent, str]] = []
+    lifetimes: list[ConnectEvent] = []
+    out = io.StringIO()
+    counts = TraceLoop(
+        probe,
+        FakeAttributor(),  # type: ignore[arg-type]
+        JsonOutput(out, "n", WallClock(0)),
+        observer=lambda e, who: observed.append((e, who.source)),
+        lifetime=lifetimes.append,
+    ).run(stop)
+    assert observed == [(pod, "index"), (unknown, "unresolved"), (plain, "host")]
+    assert lifetimes == [host_close]  # the feed ignores a handle it never got
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r.get("pid"), r.get("comm"), r.get("source")) for r in rows[:-1]] == [
+        (11, "crictl", "index"),
+        (12, "kubelet", "unresolved"),
+        (13, "client", "host"),
+    ]
+    assert rows[0]["pod_name"] == "web"
+    final = rows[-1]
+    assert (final["events"], final["host"], final["excluded"]) == (3, 1, 1)
+    assert (counts.events, counts.excluded) == (3, 1)
