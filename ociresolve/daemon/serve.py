@@ -30,6 +30,7 @@ from ociresolve.errors import OciresolveError
 from ociresolve.resolver import Resolver
 
 if TYPE_CHECKING:
+    from ociresolve.deprecations.labels import Workloads
     from ociresolve.deprecations.reporter import Reporter
     from ociresolve.tracer.connect import ConnectTracer
 
@@ -70,6 +71,7 @@ class Daemon:
         self.api: ApiServer | None = None  # built once the reporter is (or is not) made
         self.tracer: ConnectTracer | None = None
         self.reporter: Reporter | None = None
+        self.workloads: Workloads | None = None  # with the reporter
         self._threads: list[threading.Thread] = []
         self._tracer_stop = threading.Event()
 
@@ -98,6 +100,7 @@ class Daemon:
                     self.tracer.counts if self.tracer is not None else None,
                     self.ready.is_set,
                 )
+                self._watch_deprecations(self.metrics)
             self._run_tracer()
             self._run_reporter(stop)
             self.ready.set()
@@ -127,7 +130,14 @@ class Daemon:
         service = ResolverService(self.resolver)
         services: list[Service] = [service]
         if self.reporter is not None:
-            services.append(DeprecationsService(self.reporter))
+            services.append(
+                DeprecationsService(
+                    self.reporter,
+                    resolver=self.resolver,
+                    workloads=self.workloads,
+                    exclude=self._own_container(),
+                )
+            )
         self.api = ApiServer(
             services, self.args.socket, mode=self.args.socket_mode, owner=self.args.socket_owner
         )
@@ -150,12 +160,18 @@ class Daemon:
     def _start_tracer(self) -> None:
         if not self.args.trace_connect:
             return
+        from ociresolve.daemon.feed import own_tgid
         from ociresolve.tracer.connect import ConnectTracer
         from ociresolve.tracer.errors import TracerUnavailable
 
         try:
-            # With the reporter, the probe also follows each socket until it is closed.
-            tracer = ConnectTracer(self.args, lifetimes=self.args.report_deprecations)
+            # With the reporter, the probe also follows each socket until it is closed and
+            # sees each request sent on it; the daemon's own connections are no candidates.
+            tracer = ConnectTracer(
+                self.args,
+                lifetimes=self.args.report_deprecations,
+                ignore_tgid=own_tgid(self.resolver.paths),
+            )
             tracer.start()
         except (TracerUnavailable, ValueError) as exc:
             raise OciresolveError(f"--trace-connect: {exc}") from exc
@@ -166,6 +182,7 @@ class Daemon:
             return
         from ociresolve.deprecations import IntrospectionClient, containerd_socket
         from ociresolve.deprecations.correlate import Correlator, Settings
+        from ociresolve.deprecations.labels import Workloads
         from ociresolve.deprecations.reporter import Reporter
         from ociresolve.tracer.connect import node_name
 
@@ -174,6 +191,9 @@ class Daemon:
             raise OciresolveError(
                 "--report-deprecations: no containerd socket found; give --containerd-socket"
             )
+        # The pod's labels over the resolver's CRI fallback (deadline, breaker); a runtime that
+        # does not answer leaves the workload out.
+        self.workloads = Workloads(self.resolver)
         self.reporter = Reporter(
             IntrospectionClient(socket),
             node=node_name(),
@@ -183,7 +203,33 @@ class Daemon:
                 Correlator(Settings(closes_tracked=True)) if self.tracer is not None else None
             ),
             output="json" if self.args.output == "json" else "logfmt",  # as the tracer's
+            workloads=self.workloads,
         )
+
+    def _watch_deprecations(self, metrics: Metrics) -> None:
+        """The reporter's clients and the containers that mount a runtime socket, as gauges."""
+        reporter = self.reporter
+        if reporter is None:
+            return
+        from ociresolve.deprecations.potential import socket_mounts
+
+        own = self._own_container()
+        metrics.watch_deprecations(
+            reporter.clients,
+            lambda: socket_mounts(self.resolver.containers(), exclude=own),
+            self.workloads,
+        )
+
+    def _own_container(self) -> tuple[str, ...]:
+        """The daemon's own container id, if it runs in one: its mounts of the runtimes'
+        sockets make no client."""
+        from ociresolve.daemon.feed import own_tgid
+
+        try:
+            ref = self.resolver.cgroup_of(own_tgid(self.resolver.paths))
+        except OciresolveError:
+            return ()
+        return () if ref is None else (ref.container_id,)
 
     def _run_tracer(self) -> None:
         tracer = self.tracer

@@ -84,18 +84,24 @@ def occurrence_fields(
     )
 
 
-def client_line(attribution: Attribution, *, time_ns: int, node: str) -> str:
-    return render(client_fields(attribution, time_ns=time_ns, node=node))
+def client_line(
+    attribution: Attribution, *, time_ns: int, node: str, workload: str | None = None
+) -> str:
+    return render(client_fields(attribution, time_ns=time_ns, node=node, workload=workload))
 
 
-def client_fields(attribution: Attribution, *, time_ns: int, node: str) -> Fields:
+def client_fields(
+    attribution: Attribution, *, time_ns: int, node: str, workload: str | None = None
+) -> Fields:
     """The logfmt line of one attributed client::
 
         time=... level=info msg="deprecated API client" node=vm
             deprecation=io.containerd.deprecation/cri-api-v1alpha2 pod=shop/checkout-7d4b9c
-            container=legacy comm=crictl confidence=0.91 occurrences=10
+            container=legacy workload=Deployment/checkout comm=crictl confidence=0.91
+            occurrences=10
 
-    ``pod`` and ``container`` are left out for a host process; ``confidence`` has two decimals.
+    ``pod`` and ``container`` are left out for a host process, ``workload`` when it is not
+    known (``deprecations.workloads``); ``confidence`` has two decimals.
     """
     identity = attribution.identity
     return (
@@ -106,6 +112,7 @@ def client_fields(attribution: Attribution, *, time_ns: int, node: str) -> Field
         ("deprecation", attribution.deprecation),
         ("pod", identity.pod),
         ("container", identity.container),
+        ("workload", workload),
         ("comm", identity.comm),
         ("confidence", round(attribution.confidence, 2)),
         ("occurrences", attribution.occurrences),

@@ -87,6 +87,7 @@ def reporter(
         interval=0.001,
         correlator=correlator,
         clock=lambda: NOW,
+        settle=0.0,  # the fixed clock: no occurrence is recent (tests/unit/test_reporter_hooks)
     )
     return made, stream
 
