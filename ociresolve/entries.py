@@ -85,6 +85,7 @@ def read_entry(paths: HostPaths, bundle: str, layout: Layout) -> Entry:
         cgroups_path=spec.cgroups_path,
         pid=pid,
         cgroup_id=cgroup_id_of(paths, spec.cgroups_path),
+        sockets=spec.sockets,
     )
     return Entry(record, pid is not None or not found.runs)
 

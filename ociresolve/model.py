@@ -55,6 +55,8 @@ class IndexedContainer(msgspec.Struct, frozen=True, kw_only=True):
     ``pid`` is the init process's PID from the runtime's pid file, ``cgroup_id`` the inode of
     its cgroup v2 directory (what BPF's ``bpf_get_current_cgroup_id()`` returns), each ``None``
     until known. ``removed`` is true during the grace period after the container went away.
+    ``sockets`` are the host paths of the runtime sockets its bind mounts reach
+    (``ociresolve.mounts``): it can call that runtime's APIs.
     """
 
     meta: ContainerMeta
@@ -63,6 +65,7 @@ class IndexedContainer(msgspec.Struct, frozen=True, kw_only=True):
     pid: int | None = None
     cgroup_id: int | None = None
     removed: bool = False
+    sockets: tuple[str, ...] = ()
 
 
 class StandaloneContainer(msgspec.Struct, frozen=True, kw_only=True):

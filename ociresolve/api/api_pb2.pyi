@@ -382,24 +382,38 @@ class DeprecatedApiClientsResponse(_message.Message):
     REPORTING_FIELD_NUMBER: _builtins.int
     CORRELATING_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
+    POTENTIAL_FIELD_NUMBER: _builtins.int
+    POTENTIAL_OMITTED_FIELD_NUMBER: _builtins.int
     reporting: _builtins.bool
     """True: the daemon reports deprecations. (One that does not, does not serve Deprecations:
     its UNIMPLEMENTED is the "no"; ociresolve's own client reads it as reporting = false.)
     """
     correlating: _builtins.bool
     """False when no tracer feeds the reporter connections: nothing can be attributed."""
+    potential_omitted: _builtins.int
+    """How many more there were than `potential` lists."""
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeprecatedApiClient]: ...
+    @_builtins.property
+    def potential(self) -> _containers.RepeatedCompositeFieldContainer[Global___PotentialApiClient]:
+        """The containers whose bundle mounts a runtime socket (the socket file, or a directory
+        holding it) and that no client above names: they can call the runtime at any time and
+        have not been seen calling a deprecated API ("mounts the socket, not seen calling"). By
+        namespace, pod and container; at most 1000.
+        """
+
     def __init__(
         self,
         *,
         reporting: _builtins.bool = ...,
         correlating: _builtins.bool = ...,
         clients: _abc.Iterable[Global___DeprecatedApiClient] | None = ...,
+        potential: _abc.Iterable[Global___PotentialApiClient] | None = ...,
+        potential_omitted: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "correlating", b"correlating", "reporting", b"reporting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "correlating", b"correlating", "potential", b"potential", "potential_omitted", b"potential_omitted", "reporting", b"reporting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -420,6 +434,7 @@ class DeprecatedApiClient(_message.Message):
     LAST_SEEN_UNIX_NANO_FIELD_NUMBER: _builtins.int
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
     deprecation: _builtins.str
     """containerd's deprecation id, e.g. io.containerd.deprecation/cri-api-v1alpha2."""
     pod_namespace: _builtins.str
@@ -436,6 +451,11 @@ class DeprecatedApiClient(_message.Message):
     """The latest occurrence it was a candidate for, in ns since the epoch."""
     container_id: _builtins.str
     pid: _builtins.int
+    workload: _builtins.str
+    """The pod's owning workload when it can be known from the pod's name and labels, e.g.
+    "Deployment/checkout", "DaemonSet/agent", "StatefulSet/db", "Job/migrate",
+    "CronJob/backup"; empty when it cannot (docs/commands/deprecations.md: the rules).
+    """
     def __init__(
         self,
         *,
@@ -450,11 +470,52 @@ class DeprecatedApiClient(_message.Message):
         last_seen_unix_nano: _builtins.int = ...,
         container_id: _builtins.str = ...,
         pid: _builtins.int = ...,
+        workload: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "confidence", b"confidence", "considered", b"considered", "container", b"container", "container_id", b"container_id", "deprecation", b"deprecation", "last_seen_unix_nano", b"last_seen_unix_nano", "occurrences", b"occurrences", "pid", b"pid", "pod_name", b"pod_name", "pod_namespace", b"pod_namespace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comm", b"comm", "confidence", b"confidence", "considered", b"considered", "container", b"container", "container_id", b"container_id", "deprecation", b"deprecation", "last_seen_unix_nano", b"last_seen_unix_nano", "occurrences", b"occurrences", "pid", b"pid", "pod_name", b"pod_name", "pod_namespace", b"pod_namespace", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeprecatedApiClient: _TypeAlias = DeprecatedApiClient  # noqa: Y015
+
+@_typing.final
+class PotentialApiClient(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POD_NAMESPACE_FIELD_NUMBER: _builtins.int
+    POD_NAME_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
+    SOCKETS_FIELD_NUMBER: _builtins.int
+    pod_namespace: _builtins.str
+    pod_name: _builtins.str
+    container: _builtins.str
+    container_id: _builtins.str
+    workload: _builtins.str
+    """As DeprecatedApiClient.workload."""
+    @_builtins.property
+    def sockets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The host paths of the runtime sockets its bind mounts reach, e.g.
+        /run/containerd/containerd.sock.
+        """
+
+    def __init__(
+        self,
+        *,
+        pod_namespace: _builtins.str = ...,
+        pod_name: _builtins.str = ...,
+        container: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        workload: _builtins.str = ...,
+        sockets: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "container_id", b"container_id", "pod_name", b"pod_name", "pod_namespace", b"pod_namespace", "sockets", b"sockets", "workload", b"workload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PotentialApiClient: _TypeAlias = PotentialApiClient  # noqa: Y015

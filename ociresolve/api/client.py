@@ -137,7 +137,8 @@ class DaemonClient:
         return [to_record(message) for message in reply.containers]
 
     def deprecated_api_clients(self) -> api_pb2.DeprecatedApiClientsResponse:
-        """What ``serve --report-deprecations`` attributed so far (the message as it is).
+        """What ``serve --report-deprecations`` attributed so far, and the containers that mount
+        a runtime socket without being seen calling (the message as it is).
 
         A daemon that does not report deprecations does not serve ``Deprecations``: its
         UNIMPLEMENTED is answered as ``reporting`` false, and nothing else.

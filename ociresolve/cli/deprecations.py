@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Final
+from typing import Any, Final
 
 import ociresolve
 from ociresolve.cli import serve
@@ -25,11 +25,16 @@ _CLIENT_COLUMNS: Final = (
     "DEPRECATION",
     "POD",
     "CONTAINER",
+    "WORKLOAD",
     "COMM",
     "CONFIDENCE",
     "OCCURRENCES",
     "LAST SEEN",
 )
+_POTENTIAL_TITLE: Final = "Mounts a runtime socket, not seen calling:"
+_POTENTIAL_COLUMNS: Final = ("POD", "CONTAINER", "WORKLOAD", "SOCKETS")
+ATTRIBUTED: Final = "attributed"
+MOUNTS_SOCKET: Final = "mounts-socket"
 
 
 def add_commands(commands: Commands) -> None:
@@ -100,12 +105,13 @@ def _clients(args: argparse.Namespace) -> int:
             "--report-deprecations)"
         )
         return EXIT_NOT_KUBERNETES
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "deprecation": c.deprecation,
             "pod_namespace": c.pod_namespace or None,
             "pod_name": c.pod_name or None,
             "container": c.container or None,
+            "workload": c.workload or None,
             "comm": c.comm,
             "confidence": round(c.confidence, 3),
             "occurrences": c.occurrences,
@@ -113,11 +119,26 @@ def _clients(args: argparse.Namespace) -> int:
             "last_seen": rfc3339_milli(c.last_seen_unix_nano),
             "container_id": c.container_id or None,
             "pid": c.pid or None,
+            "status": ATTRIBUTED,
         }
         for c in reply.clients
     ]
+    potential: list[dict[str, Any]] = [
+        {
+            "status": MOUNTS_SOCKET,
+            "pod_namespace": p.pod_namespace or None,
+            "pod_name": p.pod_name or None,
+            "container": p.container or None,
+            "workload": p.workload or None,
+            "container_id": p.container_id or None,
+            "sockets": list(p.sockets),
+        }
+        for p in reply.potential
+    ]
+    if reply.potential_omitted:
+        error(f"{reply.potential_omitted} more containers mount a runtime socket (not listed)")
     if args.json:
-        for row in rows:
+        for row in [*rows, *potential]:
             print(json_line(row))
         return EXIT_OK
     if not reply.correlating:
@@ -128,8 +149,9 @@ def _clients(args: argparse.Namespace) -> int:
             (
                 (
                     r["deprecation"],
-                    f"{r['pod_namespace']}/{r['pod_name']}" if r["pod_name"] else None,
+                    _pod(r),
                     r["container"],
+                    r["workload"],
                     r["comm"],
                     f"{r['confidence']:.2f}",
                     f"{r['occurrences']}/{r['considered']}",
@@ -139,4 +161,20 @@ def _clients(args: argparse.Namespace) -> int:
             ),
         )
     )
+    if potential:
+        print()
+        print(_POTENTIAL_TITLE)
+        print(
+            table(
+                _POTENTIAL_COLUMNS,
+                (
+                    (_pod(r), r["container"], r["workload"], ",".join(r["sockets"]))
+                    for r in potential
+                ),
+            )
+        )
     return EXIT_OK
+
+
+def _pod(row: dict[str, Any]) -> str | None:
+    return f"{row['pod_namespace']}/{row['pod_name']}" if row["pod_name"] else None

@@ -5,6 +5,12 @@ the tracer loop); a collector reads them when Prometheus scrapes, so that a look
 nothing for metrics. Only CRI latencies are observed as they happen, into a histogram (a CRI
 call costs a fraction of a millisecond; the observation about a microsecond).
 
+The deprecation reporter's view is read at scrape time too (``watch_deprecations``): a gauge
+per attributed client, valued its confidence, and one per container that mounts a runtime
+socket, so that one PromQL query over every node's daemon lists the cluster's clients. Their
+labels are names a tenant chooses, so the series are capped: the ``MAX_CLIENT_SERIES`` most
+confident clients at ``MIN_CONFIDENCE`` or more, and ``MAX_SOCKET_MOUNT_SERIES`` socket mounts.
+
 Everything goes into a registry of its own: importing this module registers nothing.
 """
 
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
     from ociresolve.daemon.service import ResolverService
+    from ociresolve.deprecations.correlate import Attribution
+    from ociresolve.model import IndexedContainer
     from ociresolve.resolver import Resolver
     from ociresolve.tracer.counts import Counts
 
@@ -30,6 +38,16 @@ BREAKER_STATES: Final = ("closed", "open", "half-open")
 
 # () -> the tracer's totals so far, or None when no tracer runs.
 TracerCounts = Callable[[], "Counts | None"]
+# A container id -> its pod's workload ("Deployment/checkout"), None when unknown.
+Workloads = Callable[[str | None], str | None]
+
+# The attributed clients exposed at most (one series each), and the least confidence exposed:
+# a client below it explains less than one occurrence in twenty (the reporter's own threshold
+# for a client line).
+MAX_CLIENT_SERIES: Final = 50
+MIN_CONFIDENCE: Final = 0.05
+# Series of ociresolve_runtime_socket_mounts at most (a container and one socket each).
+MAX_SOCKET_MOUNT_SERIES: Final = 200
 
 
 class Metrics:
@@ -64,6 +82,16 @@ class Metrics:
     ) -> None:
         """Expose the counters of these components (read at each scrape)."""
         self.registry.register(_Collector(resolver, service, tracer, ready))
+
+    def watch_deprecations(
+        self,
+        clients: Callable[[], list[Attribution]],
+        socket_mounts: Callable[[], list[IndexedContainer]],
+        workloads: Workloads | None = None,
+    ) -> None:
+        """Expose the reporter's attributed ``clients()`` (``Reporter.clients``) and the
+        containers of ``socket_mounts()`` (``potential.socket_mounts``), read at each scrape."""
+        self.registry.register(_DeprecationsCollector(clients, socket_mounts, workloads))
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition and its content type."""
@@ -198,3 +226,87 @@ class _Collector:
             "Events dropped in the kernel (ring buffer full) before they could be read.",
             value=counts.lost,
         )
+
+
+class _DeprecationsCollector:
+    def __init__(
+        self,
+        clients: Callable[[], list[Attribution]],
+        socket_mounts: Callable[[], list[IndexedContainer]],
+        workloads: Workloads | None,
+    ) -> None:
+        self.clients = clients
+        self.socket_mounts = socket_mounts
+        self.workloads = workloads
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        confidence = GaugeMetricFamily(
+            "ociresolve_deprecated_api_client_confidence",
+            "The estimated fraction of a deprecation's occurrences on this node that the client "
+            f"causes, in [0, 1): the {MAX_CLIENT_SERIES} most confident clients at "
+            f"{MIN_CONFIDENCE} or more (a host process has empty pod labels).",
+            labels=["deprecation", "namespace", "pod", "container", "workload"],
+        )
+        for labels, value in self._confidences():
+            confidence.add_metric(labels, value)
+        yield confidence
+        mounts = GaugeMetricFamily(
+            "ociresolve_runtime_socket_mounts",
+            "1 for each container that mounts a runtime socket (the socket file or a directory "
+            "holding it), and each socket: it can call that runtime, seen calling or not "
+            f"(at most {MAX_SOCKET_MOUNT_SERIES} series).",
+            labels=["namespace", "pod", "container", "workload", "socket"],
+        )
+        for labels in self._socket_mounts():
+            mounts.add_metric(labels, 1)
+        yield mounts
+
+    def _confidences(self) -> list[tuple[list[str], float]]:
+        """One series per (deprecation, pod, container, workload), valued its most confident
+        client's confidence (clients differ by process name too); the most confident first."""
+        best: dict[tuple[str, ...], float] = {}
+        for row in sorted(self.clients(), key=lambda row: -row.confidence):
+            if row.confidence < MIN_CONFIDENCE:
+                break
+            who = row.identity
+            key = (
+                row.deprecation,
+                who.pod_namespace or "",
+                who.pod_name or "",
+                who.container or "",
+                self._workload(row.container_id),
+            )
+            if key not in best:
+                if len(best) >= MAX_CLIENT_SERIES:
+                    break
+                best[key] = row.confidence
+        return [(list(key), value) for key, value in best.items()]
+
+    def _socket_mounts(self) -> list[list[str]]:
+        series: list[list[str]] = []
+        for record in self.socket_mounts():
+            meta = record.meta
+            workload = self._workload(meta.container_id)
+            for socket in record.sockets:
+                if len(series) >= MAX_SOCKET_MOUNT_SERIES:
+                    return series
+                series.append(
+                    [
+                        meta.pod_namespace or "",
+                        meta.pod_name or "",
+                        meta.container_name or "",
+                        workload,
+                        socket,
+                    ]
+                )
+        return series
+
+    def _workload(self, container_id: str | None) -> str:
+        if self.workloads is None or container_id is None:
+            return ""
+        return self.workloads(container_id) or ""

@@ -267,4 +267,20 @@ def test_the_reporter_variant_is_the_tracer_variant_plus_its_flag(render: Render
     tracer, reporter = _daemonset(render, "tracer"), _daemonset(render, "deprecations")
     tracer_main, reporter_main = _main(_pod(tracer)), _main(_pod(reporter))
     assert reporter_main.pop("args") == [*tracer_main.pop("args"), "--report-deprecations"]
+    # and the scrape path of its gauges, said explicitly
+    annotations = reporter["spec"]["template"]["metadata"]["annotations"]
+    assert annotations.pop("prometheus.io/path") == "/metrics"
     assert reporter == tracer
+
+
+@pytest.mark.parametrize("variant", sorted(ADDED_CAPABILITIES))
+def test_prometheus_scrapes_the_metrics_port(variant: str, render: Render) -> None:
+    """The prometheus.io annotations name the port the daemon serves its metrics on."""
+    pod_template = _daemonset(render, variant)["spec"]["template"]
+    annotations = pod_template["metadata"]["annotations"]
+    container = _main(pod_template["spec"])
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    listen = _env(container)["OCIRESOLVE_METRICS_ADDRESS"]["value"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"] == int(listen.split(":")[1])
+    assert annotations.get("prometheus.io/path", "/metrics") == "/metrics"

@@ -79,6 +79,7 @@ def test_clients_as_a_table(serve_api: ServeApi, capsys: pytest.CaptureFixture[s
         "DEPRECATION",
         "POD",
         "CONTAINER",
+        "WORKLOAD",
         "COMM",
         "CONFIDENCE",
         "OCCURRENCES",
@@ -89,6 +90,7 @@ def test_clients_as_a_table(serve_api: ServeApi, capsys: pytest.CaptureFixture[s
         V1ALPHA2,
         "legacy/collector-5d9f",
         "main",
+        "-",
         "legacy",
         "0.83",
         "5/5",
@@ -106,6 +108,7 @@ def test_clients_as_json(serve_api: ServeApi, capsys: pytest.CaptureFixture[str]
         "pod_namespace": "legacy",
         "pod_name": "collector-5d9f",
         "container": "main",
+        "workload": None,
         "comm": "legacy",
         "confidence": 0.833,
         "occurrences": 5,
@@ -113,6 +116,7 @@ def test_clients_as_json(serve_api: ServeApi, capsys: pytest.CaptureFixture[str]
         "last_seen": "2025-06-15T15:07:20.003Z",
         "container_id": f"{4242:064x}",
         "pid": 4242,
+        "status": "attributed",
     }
 
 
@@ -127,6 +131,7 @@ def test_clients_none_yet_without_a_tracer(
         "DEPRECATION",
         "POD",
         "CONTAINER",
+        "WORKLOAD",
         "COMM",
         "CONFIDENCE",
         "OCCURRENCES",

@@ -49,6 +49,7 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
             {
                 "ociresolve.runtimes",
                 "ociresolve.bundle",
+                "ociresolve.mounts",
                 "ociresolve.inspection",
                 "ociresolve.cgroup",
                 "ociresolve.proc",
