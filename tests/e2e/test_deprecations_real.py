@@ -13,208 +13,39 @@ the generation table (``harness.generations``): ``v1alpha2``, ``deprecation_serv
 
 from __future__ import annotations
 
-import calendar
-import dataclasses
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Containerd, ContainerSpec, DaemonProcess, Pod, PodFactory, TracerProcess
-from harness.introspection import V1ALPHA2, parse_logfmt
-from harness.ociresolve_image import (
-    OCIRESOLVE_IMAGE,
-    REPO,
-    build_ociresolve_image,
-    image_build_requirements,
+from cri_callers import (
+    CLIENT,
+    IN_CONTAINER,
+    NEEDS_1_7,
+    OPENED,
+    RETRYING,
+    UNIMPLEMENTED,
+    V1_VERSION,
+    V1ALPHA2_VERSION,
+    assert_recorded,
+    caller,
+    calls_of,
+    log_of,
+    new_occurrences,
+    ociresolve,
+    persistent_caller,
+    reporting_daemon,
+    rfc3339_ns,
+    wait,
+    wait_for_calls,
 )
+from harness import Containerd, DaemonProcess, PodFactory, TracerProcess
+from harness.introspection import V1ALPHA2, parse_logfmt
 
 from ociresolve import DaemonClient
 
 pytestmark = [pytest.mark.e2e]
-
-IN_CONTAINER = "/run/containerd/containerd.sock"  # the socket dir, bind-mounted
-OPENED = "containerd socket connection opened"
-OCCURRENCE = "found CRI v1alpha2 API deprecation warning"
-CLIENT = "deprecated API client"
-RETRYING = "cannot read containerd's deprecation warnings; retrying"
-NEEDS_1_7 = "has no deprecation warnings; they need containerd >= 1.7"
-UNIMPLEMENTED = "UNIMPLEMENTED"
-V1ALPHA2_VERSION = "/runtime.v1alpha2.RuntimeService/Version"
-V1_VERSION = "/runtime.v1.RuntimeService/Version"
-TIMEOUT = 20.0
-
-# A CRI caller, run by python3 in the ociresolve image: CALLS calls of PATH, the k-th at
-# START_NS + PHASE + k * PERIOD (CLOCK_REALTIME, shared with the host), each on a new channel
-# (a new connection); after each, one JSON line: the call's number, the times just before and
-# just after it, and what the runtime answered (or the gRPC status it refused the call with).
-# The request is a VersionRequest serialized by hand (field 1, "version"), as any client of
-# either API version sends it.
-CALLER = r"""
-import json, os, time
-import grpc
-from ociresolve.cri import api_pb2
-
-path, api = os.environ["CRI_PATH"], os.environ["CRI_VERSION"].encode()
-request = b"\n" + bytes([len(api)]) + api
-start = int(os.environ["START_NS"]) + int(float(os.environ["PHASE"]) * 1e9)
-period = float(os.environ["PERIOD"])
-for k in range(int(os.environ["CALLS"])):
-    delay = (start + int(k * period * 1e9) - time.time_ns()) / 1e9
-    if delay > 0:
-        time.sleep(delay)
-    before = time.time_ns()
-    try:
-        with grpc.insecure_channel("unix://" + os.environ["SOCKET"]) as channel:
-            reply = channel.unary_unary(path)(request, timeout=5)
-    except grpc.RpcError as e:
-        print(json.dumps({"call": k, "before": before, "after": time.time_ns(),
-                          "error": e.code().name}), flush=True)
-        continue
-    after = time.time_ns()
-    version = api_pb2.VersionResponse.FromString(reply)
-    print(json.dumps({"call": k, "before": before, "after": after,
-                      "runtime": version.runtime_name,
-                      "api": version.runtime_api_version}), flush=True)
-"""
-
-
-def _require(reason: str | None) -> None:
-    if reason is None:
-        return
-    if os.environ.get("OCIRESOLVE_REQUIRE_E2E") == "1":
-        pytest.fail(f"e2e: {reason} (OCIRESOLVE_REQUIRE_E2E=1)", pytrace=False)
-    pytest.skip(f"e2e: {reason}")
-
-
-@pytest.fixture(scope="module")
-def ociresolve_image(containerd: Containerd) -> str:
-    """The ociresolve image (python3 and grpcio), built or cached, in the session containerd."""
-    _require(image_build_requirements())
-    containerd.import_tarball(build_ociresolve_image(), timeout=300)
-    return OCIRESOLVE_IMAGE
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ociresolve-dep-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def caller(
-    containerd: Containerd,
-    image: str,
-    name: str,
-    *,
-    path: str,
-    version: str,
-    start_ns: int,
-    period: float,
-    phase: float = 0.0,
-    calls: int = 1,
-) -> ContainerSpec:
-    return ContainerSpec(
-        name,
-        ["python3", "-c", CALLER],
-        image=image,
-        mounts=[containerd.socket_mount("/run/containerd")],
-        env={
-            "CRI_PATH": path,
-            "CRI_VERSION": version,
-            "SOCKET": IN_CONTAINER,
-            "START_NS": str(start_ns),
-            "PHASE": str(phase),
-            "PERIOD": str(period),
-            "CALLS": str(calls),
-        },
-    )
-
-
-def calls_of(pod: Pod, container: str) -> list[dict[str, object]]:
-    """The caller's JSON lines so far, from its CRI log (``<time> stdout F <text>``)."""
-    try:
-        text = pod.log_path(container).read_text()
-    except FileNotFoundError:
-        return []
-    found = []
-    for line in text.splitlines():
-        _, stream, tag, rest = line.split(" ", 3)
-        if stream == "stdout" and tag == "F" and rest.startswith("{"):
-            found.append(json.loads(rest))
-    return found
-
-
-def log_of(pod: Pod, container: str) -> str:
-    try:
-        return pod.log_path(container).read_text()
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def wait(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def ociresolve(
-    containerd: Containerd, *args: str, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """``ociresolve ARGS``, run where containerd runs."""
-    return subprocess.run(
-        containerd.command([sys.executable, "-m", "ociresolve", *args], REPO),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def rfc3339_ns(text: str) -> int:
-    """ns since the epoch of an RFC 3339 UTC time with up to 9 decimals (Go's RFC3339Nano)."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
-
-
-def wait_for_calls(containerd: Containerd, pod: Pod, container: str, calls: int) -> list[dict]:
-    """The caller's ``calls`` JSON lines (``"call"`` lines only), waiting for them; fails if
-    the caller fails or takes much longer than its schedule allows."""
-    container_id = pod.container_id(container)
-    deadline = time.monotonic() + TIMEOUT + 60
-    while True:
-        made = [c for c in calls_of(pod, container) if "call" in c]
-        if len(made) >= calls:
-            return made
-        if time.monotonic() > deadline:
-            pytest.fail(f"the client made {len(made)} calls:\n{log_of(pod, container)}")
-        status = containerd.cri().container_status(container_id, verbose=False).status
-        if status.exit_code != 0:
-            pytest.fail(f"the client failed:\n{log_of(pod, container)}")
-        time.sleep(0.05)
-
-
-def assert_recorded(occurrences: list[dict[str, str]], calls: list[dict]) -> None:
-    """Each occurrence the daemon reported carries containerd's own lastOccurrence: the moment
-    containerd got one of the client's calls, between the call's start and its answer."""
-    assert len(occurrences) == len(calls), (occurrences, calls)
-    for occurrence, call in zip(occurrences, calls, strict=True):
-        seen = rfc3339_ns(occurrence["lastOccurrence"])
-        assert call["before"] <= seen <= call["after"], (occurrence, call)
-
 
 # -- a real v1alpha2 call, really traced -------------------------------------------------------
 
@@ -342,42 +173,6 @@ INNOCENTS = (
     ("ops", "operator-6c2d", 3.1, 1.25),
     ("ops", "shadow-b4k1", PERIOD, -0.08),
 )
-
-
-def reporting_daemon(
-    containerd: Containerd, socket_dir: Path, introspection: str | None = None
-) -> DaemonProcess:
-    """``serve --report-deprecations --trace-connect``, the occurrences read from containerd's
-    own deprecation service (or from ``introspection``, a stand-in's socket)."""
-    return DaemonProcess(
-        socket_dir / "ociresolve.sock",
-        [
-            "--runtime-root",
-            str(containerd.state_dir),
-            "--cri-socket",
-            str(containerd.socket),
-            "--trace-connect",
-            "--trace-socket",
-            str(containerd.socket),
-            "--trace-socket",
-            IN_CONTAINER,
-            "--trace-summary-interval",
-            "0",
-            "--report-deprecations",
-            "--containerd-socket",
-            introspection or str(containerd.socket),
-            "--deprecations-interval",
-            "0.5",
-        ],
-        enter=containerd.command,
-    )
-
-
-def new_occurrences(daemon: DaemonProcess) -> list[dict[str, str]]:
-    """The daemon's occurrence lines so far, without the one for a warning already there when
-    it started (earlier tests' calls on the same containerd)."""
-    rows = [parse_logfmt(line) for line in list(daemon.lines)]
-    return [r for r in rows if r.get("msg") == OCCURRENCE and "existing" not in r]
 
 
 @pytest.mark.bpf
@@ -554,73 +349,6 @@ def test_serve_reports_deprecations_without_the_service(
 
 # -- a client that keeps its connection open ---------------------------------------------------
 
-# A CRI caller that opens ONE channel (one connection) at START_NS + OPEN_PHASE, says so (a JSON
-# line: "opened", the time), then makes CALLS calls of PATH through it at START_NS + PHASE + k *
-# PERIOD, one JSON line each as CALLER writes, and keeps the channel open HOLD seconds more.
-PERSISTENT_CALLER = r"""
-import json, os, time
-import grpc
-from ociresolve.cri import api_pb2
-
-def at(phase):
-    delay = (int(os.environ["START_NS"]) + int(phase * 1e9) - time.time_ns()) / 1e9
-    if delay > 0:
-        time.sleep(delay)
-
-path, api = os.environ["CRI_PATH"], os.environ["CRI_VERSION"].encode()
-request = b"\n" + bytes([len(api)]) + api
-phase, period = float(os.environ["PHASE"]), float(os.environ["PERIOD"])
-at(float(os.environ["OPEN_PHASE"]))
-channel = grpc.insecure_channel("unix://" + os.environ["SOCKET"])
-grpc.channel_ready_future(channel).result(timeout=10)
-print(json.dumps({"opened": time.time_ns()}), flush=True)
-call = channel.unary_unary(path)
-for k in range(int(os.environ["CALLS"])):
-    at(phase + k * period)
-    before = time.time_ns()
-    reply = call(request, timeout=5)
-    after = time.time_ns()
-    version = api_pb2.VersionResponse.FromString(reply)
-    print(json.dumps({"call": k, "before": before, "after": after,
-                      "runtime": version.runtime_name,
-                      "api": version.runtime_api_version}), flush=True)
-time.sleep(float(os.environ["HOLD"]))
-channel.close()
-"""
-
-
-def persistent_caller(
-    containerd: Containerd,
-    image: str,
-    name: str,
-    *,
-    path: str,
-    version: str,
-    start_ns: int,
-    period: float,
-    calls: int,
-    open_phase: float,
-    phase: float = 0.0,
-    hold: float = 3.0,
-) -> ContainerSpec:
-    spec = caller(
-        containerd,
-        image,
-        name,
-        path=path,
-        version=version,
-        start_ns=start_ns,
-        period=period,
-        phase=phase,
-        calls=calls,
-    )
-    return dataclasses.replace(
-        spec,
-        command=["python3", "-c", PERSISTENT_CALLER],
-        env={**spec.env, "OPEN_PHASE": str(open_phase), "HOLD": str(hold)},
-    )
-
-
 PERSISTENT_POD = ("legacy", "cri-v1alpha2-watcher-3m8q")
 PERSISTENT_CALLS = 11
 # The client opens its channel 4 s before its first call. Innocent v1 callers, a connection per
@@ -631,9 +359,13 @@ PER_CALL_INNOCENTS = (
     ("ops", "operator-t5n9", 2 * PERIOD, 2.6),
 )
 # A second client that keeps one connection open (calling v1), opened at another time: it is
-# then a candidate for every occurrence too, and the model (a call at a uniformly random moment
-# of an open connection's lifetime) cannot tell the two apart; off.
-PERSISTENT_INNOCENT: tuple[str, str, float] | None = None  # (namespace, name, open phase)
+# then a candidate for every occurrence by its lifetime too; what it sends, and when, tells
+# the two apart.
+PERSISTENT_INNOCENT: tuple[str, str, float] | None = (
+    "monitoring",
+    "kube-state-exporter-4j8s",
+    -6.0,
+)
 
 
 @pytest.mark.bpf

@@ -1,0 +1,43 @@
+"""Fixtures of the end-to-end deprecation tests (other modules may define their own)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Containerd
+from harness.ociresolve_image import (
+    OCIRESOLVE_IMAGE,
+    build_ociresolve_image,
+    image_build_requirements,
+)
+
+
+def _require(reason: str | None) -> None:
+    if reason is None:
+        return
+    if os.environ.get("OCIRESOLVE_REQUIRE_E2E") == "1":
+        pytest.fail(f"e2e: {reason} (OCIRESOLVE_REQUIRE_E2E=1)", pytrace=False)
+    pytest.skip(f"e2e: {reason}")
+
+
+@pytest.fixture(scope="module")
+def ociresolve_image(containerd: Containerd) -> str:
+    """The ociresolve image (python3 and grpcio), built or cached, in the session containerd."""
+    _require(image_build_requirements())
+    containerd.import_tarball(build_ociresolve_image(), timeout=300)
+    return OCIRESOLVE_IMAGE
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="ociresolve-dep-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
