@@ -47,8 +47,10 @@ demo: system venv
 
 bench: venv
 	$(PY) bench/parsers.py
-	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/index.py && $(PY) bench/cri.py && $(PY) bench/tracer.py; \
-	else echo "not root: skipping bench/index.py, cri.py and tracer.py (containerd, BPF)"; fi
+	$(PY) bench/correlate.py
+	@if [ "$$(id -u)" = 0 ]; then $(PY) bench/index.py && $(PY) bench/cri.py && $(PY) bench/tracer.py \
+		&& $(PY) bench/activity.py; \
+	else echo "not root: skipping bench/index.py, cri.py, tracer.py and activity.py (containerd, BPF)"; fi
 	$(PY) bench/daemon.py
 
 proto: venv
