@@ -172,7 +172,7 @@ def closed_by_peer(client: socket.socket, within: float) -> bool:
 # -- raw HTTP/2 ----------------------------------------------------------------------------------
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, SETTINGS = 0x0, 0x1, 0x4
+DATA, HEADERS, SETTINGS, CONTINUATION = 0x0, 0x1, 0x4, 0x9
 ACK, END_STREAM, END_HEADERS = 0x1, 0x1, 0x4
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from daemonfakes import (
     APP_PID,
+    CONTINUATION,
     DATA,
     FOREIGN_PID,
     HEADERS,
@@ -127,10 +128,14 @@ def test_garbage_frames_after_a_valid_preface_are_dropped(
     with serving(resolver, path) as server:
         clients = [unix_connect(path) for _ in range(20)]
         for n, client in enumerate(clients):
-            junk = random_bytes(4096)
-            if n % 2:  # a frame header announcing 16 MB, far beyond the maximum frame size
-                junk = b"\xff\xff\xff" + bytes([DATA, 0]) + b"\x00\x00\x00\x01" + junk
-            client.sendall(PREFACE + frame(SETTINGS, 0, 0) + junk)
+            # Each is a connection error at its frame header, so the peer closes at once (raw
+            # random bytes can spell a frame shorter than the maximum that a peer rightly waits
+            # for): a CONTINUATION with no HEADERS before it, or a frame announcing 16 MB.
+            if n % 2:
+                junk = b"\xff\xff\xff" + bytes([DATA, 0]) + b"\x00\x00\x00\x01"
+            else:
+                junk = frame(CONTINUATION, 0, 1, random_bytes(64))
+            client.sendall(PREFACE + frame(SETTINGS, 0, 0) + junk + random_bytes(4096))
         for client in clients:
             assert closed_by_peer(client, 5.0)  # 20 at once, on a loaded 2-core CI machine
             client.close()
