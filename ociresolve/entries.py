@@ -32,6 +32,9 @@ class Entry(NamedTuple):
 
     record: IndexedContainer | StandaloneContainer | None
     final: bool
+    # Annotations whose claims the structure contradicts ("key=value"), not trusted: a tenant's
+    # pod annotations reach a cri-o sandbox's config.json.
+    conflicts: tuple[str, ...] = ()
 
 
 def read_entry(paths: HostPaths, bundle: str, layout: Layout) -> Entry:
@@ -87,7 +90,7 @@ def read_entry(paths: HostPaths, bundle: str, layout: Layout) -> Entry:
         cgroup_id=cgroup_id_of(paths, spec.cgroups_path),
         sockets=spec.sockets,
     )
-    return Entry(record, pid is not None or not found.runs)
+    return Entry(record, pid is not None or not found.runs, found.conflicts)
 
 
 def _missing(exc: BundleError) -> bool:

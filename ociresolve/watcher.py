@@ -97,6 +97,7 @@ class Watcher:
         self.rescans = 0
         self.overflows = 0
         self.bundle_errors = 0
+        self.identity_conflicts = 0  # bundles whose annotations claim another identity
         self.watch_errors = 0
         self.unwatched = 0  # watches removed once what they waited for was there
         self._inotify: INotify | None = None
@@ -299,6 +300,13 @@ class Watcher:
             return False
         record = entry.record
         if isinstance(record, IndexedContainer):
+            if entry.conflicts and self.index.by_bundle(record.bundle) is None:
+                self.identity_conflicts += 1  # once per bundle, not per read of it
+                log.warning(
+                    "watcher: %s claims what its structure denies, not trusted: %s",
+                    record.bundle,
+                    ", ".join(entry.conflicts),
+                )
             self.index.put(record)
         elif record is not None:
             self.index.put_standalone(record)

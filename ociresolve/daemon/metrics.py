@@ -192,6 +192,11 @@ class _Collector:
             ("watcher_rescans", "Full rescans of the runtime roots.", "rescans"),
             ("inotify_overflows", "inotify queue overflows (each causes a rescan).", "overflows"),
             ("bundle_errors", "Bundles that could not be read or decoded.", "bundle_errors"),
+            (
+                "identity_conflicts",
+                "Bundles whose annotations claim an identity their structure denies.",
+                "identity_conflicts",
+            ),
         ):
             count = getattr(watcher, value) if watcher is not None else 0
             yield CounterMetricFamily(f"ociresolve_{name}", help_text, value=count)

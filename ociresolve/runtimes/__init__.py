@@ -23,7 +23,7 @@ import msgspec
 from ociresolve.cgroup import pod_uid_from_path
 from ociresolve.model import ContainerMeta, ContainerType
 from ociresolve.runtimes import containerd, crio, podman
-from ociresolve.runtimes._keys import KUBELET_LABELS, Found, pick, setdefault_str
+from ociresolve.runtimes._keys import KUBELET_LABELS, Found, KeyTable, pick, setdefault_str
 
 __all__ = ["Normalized", "detect", "detect_runtime", "normalize", "normalize_at", "normalize_cri"]
 
@@ -94,6 +94,9 @@ class Normalized(NamedTuple):
     meta: ContainerMeta | None  # None: not a Kubernetes container
     runtime: str  # the runtime that wrote it, Kubernetes or not
     runs: bool  # a process will run in it (false: cri-o's dropped infra container)
+    # Keys whose claims the structure contradicts (an id that is not the bundle's, a container
+    # type or manager the runtime's own evidence denies), each as "key=value": not trusted.
+    conflicts: tuple[str, ...] = ()
 
 
 def normalize_at(
@@ -115,7 +118,34 @@ def normalize_at(
     meta = _normalize(runtime, annotations, container_id, cgroups_path, True)
     no_process: Mapping[str, str] = runtime.NO_PROCESS
     runs = all(annotations.get(key) != value for key, value in no_process.items())
-    return Normalized(meta, cast(str, runtime.NAME), runs)
+    conflicts = () if meta is None else _conflicts(runtime, annotations, meta)
+    return Normalized(meta, cast(str, runtime.NAME), runs, conflicts)
+
+
+def _conflicts(
+    runtime: ModuleType, annotations: Mapping[str, str], meta: ContainerMeta
+) -> tuple[str, ...]:
+    """The claims of ``annotations`` that the record built from the structure contradicts."""
+    keys: KeyTable = runtime.KEYS
+    claims = [(key, meta.container_id) for key in keys.get("container_id", ())]
+    if meta.container_type == "sandbox":
+        claims += [(key, meta.sandbox_id) for key in keys.get("sandbox_id", ())]
+        claims += [(key, "sandbox") for key in keys.get("container_type", ())]
+    conflicts = [
+        f"{key}={_shown(claimed)}"
+        for key, truth in claims
+        if (claimed := annotations.get(key)) is not None and claimed != truth
+    ]
+    manager = annotations.get(MANAGER_KEY)
+    if manager is not None and manager != runtime.MANAGER:
+        conflicts.append(f"{MANAGER_KEY}={_shown(manager)}")
+    return tuple(conflicts)
+
+
+def _shown(value: object) -> str:
+    """A tenant's value for a log line: quoted, escaped, at most 64 characters of it."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text[:64]) + ("..." if len(text) > 64 else "")
 
 
 def _normalize(
@@ -129,6 +159,9 @@ def _normalize(
         return None
     found: Found = {}
     pick(annotations, runtime.KEYS, found)
+    sandbox_keys: tuple[str, ...] = runtime.SANDBOX_KEYS
+    if any(key in annotations for key in sandbox_keys):
+        found["container_type"] = "sandbox"  # the structure, over the type a tenant may set
     runtime.complete(annotations, found)
 
     if container_id and (own_id or "container_id" not in found):

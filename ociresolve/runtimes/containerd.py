@@ -35,6 +35,9 @@ MARKERS: Final = KEYS["container_type"] + KEYS["sandbox_id"]
 
 CONTAINER_TYPES: Final[Mapping[str, str]] = {"sandbox": "sandbox", "container": "container"}
 
+# Keys that say "sandbox" whatever the container-type key says: none.
+SANDBOX_KEYS: Final[tuple[str, ...]] = ()
+
 # Every container it writes a bundle for runs a process.
 NO_PROCESS: Final[Mapping[str, str]] = {}
 

@@ -60,6 +60,16 @@ OVERWRITTEN: Final = (
 
 CONTAINER_TYPES: Final[Mapping[str, str]] = {"sandbox": "sandbox", "container": "container"}
 
+# Keys cri-o writes on every sandbox (all releases since 1.0) and never on a container. A pod
+# annotation can change their values but not remove them, and none reaches a container's spec
+# (kubelet gives containers no pod annotations): with one of them, a bundle is a sandbox,
+# whatever its ``ContainerType`` says (a pod annotation can set that too).
+SANDBOX_KEYS: Final = (
+    "io.kubernetes.cri-o.KubeName",
+    "io.kubernetes.cri-o.ShmPath",
+    "io.kubernetes.cri-o.HostNetwork",
+)
+
 # Values that say no process will ever run: the infra container cri-o drops (drop_infra_ctr,
 # default since 1.22) is written with a config.json but never started, so it never has a pid.
 NO_PROCESS: Final[Mapping[str, str]] = {KEYS["spoofed"][0]: "true"}

@@ -24,6 +24,9 @@ MARKERS: Final[tuple[str, ...]] = ()
 
 CONTAINER_TYPES: Final[Mapping[str, str]] = {}
 
+# Keys that say "sandbox" whatever the container-type key says: none.
+SANDBOX_KEYS: Final[tuple[str, ...]] = ()
+
 NO_PROCESS: Final[Mapping[str, str]] = {}
 
 # The cri-o keys podman writes, all removed in 5.0 (containers/podman 1901403eda2e, 2024-03):
