@@ -52,6 +52,7 @@ bench: venv
 		&& $(PY) bench/activity.py; \
 	else echo "not root: skipping bench/index.py, cri.py, tracer.py and activity.py (containerd, BPF)"; fi
 	$(PY) bench/daemon.py
+	$(PY) bench/abuse.py
 
 proto: venv
 	PYTHON=$(PY) scripts/gen-proto

@@ -10,7 +10,13 @@ from ociresolve.api.client import DaemonClient, LookupResult
 from ociresolve.api.remote import RemoteResolver
 from ociresolve.bundle import Bundle, find_bundles, load_bundle, read_bundle
 from ociresolve.cgroup import parse_cgroup
-from ociresolve.errors import BundleError, DaemonUnavailable, OciresolveError, ProcessNotFound
+from ociresolve.errors import (
+    BundleError,
+    DaemonUnavailable,
+    InotifyLimitReached,
+    OciresolveError,
+    ProcessNotFound,
+)
 from ociresolve.inspection import InspectedBundle, inspect_bundles
 from ociresolve.model import CgroupRef, Change, ContainerMeta, IndexedContainer, Resolution
 from ociresolve.node import Node, NodeContainers, PidAnswer
@@ -27,6 +33,7 @@ __all__ = [
     "DaemonClient",
     "DaemonUnavailable",
     "IndexedContainer",
+    "InotifyLimitReached",
     "InspectedBundle",
     "LookupResult",
     "Node",

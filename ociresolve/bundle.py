@@ -116,6 +116,10 @@ def load_bundle(path: str | os.PathLike[str], *, container_id: str | None = None
         raise BundleError(config, reason, retryable=truncated) from exc
     except UnicodeDecodeError as exc:  # msgspec decodes strings without wrapping this one
         raise BundleError(config, f"invalid UTF-8: {exc}") from exc
+    except RecursionError as exc:
+        # msgspec walks even the fields it skips, one C call per level: arrays or objects nested
+        # about a thousand deep (no runtime writes more than ten) exhaust the recursion limit.
+        raise BundleError(config, "JSON nested too deeply") from exc
     return Bundle(
         path=config,
         container_id=container_id or _directory_id(config),
@@ -159,7 +163,7 @@ def _sockets(mounts: list[_Mount], data: bytes) -> tuple[str, ...]:
             return ()
     try:
         found = _mounts_decoder.decode(data).mounts or []
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return ()  # options of the wrong shape: the record stands without this fact
     return reached_sockets((m.source, m.type, m.options) for m in found if m.source)
 

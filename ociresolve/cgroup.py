@@ -30,7 +30,7 @@ kubelet's cgroupfs driver may use the systemd-style names without the ``.slice``
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Final
 
@@ -150,15 +150,16 @@ def _parse_path(path: str) -> CgroupRef | None:
 
 def _parse_path_uncached(path: str) -> CgroupRef | None:
     components = _components(path)
+    anchors = _anchors(components)
     for index in range(len(components) - 1, -1, -1):
-        found = _container(components, index)
+        found = _container(components, index, anchors)
         if found is None:
             continue
         container_id, runtime = found
         if not container_id:
             return None  # a runtime helper (conmon) is not a container
         for pod_index in range(index, -1, -1):
-            if pod_index < index and _container(components, pod_index) is not None:
+            if pod_index < index and _container(components, pod_index, anchors) is not None:
                 break  # an outer container: the pod above it is not this container's
             pod = _pod(components, pod_index)
             if pod is not None:
@@ -176,8 +177,17 @@ def _components(path: str) -> list[str]:
     return [c for c in path.strip().split("/") if c]
 
 
-def _container(components: Sequence[str], index: int) -> tuple[str, str | None] | None:
-    """(id, runtime) if this component names a container; ("", None) for a runtime helper."""
+def _anchors(components: Sequence[str]) -> dict[str, int]:
+    """Where each platform's directory (``_PLATFORM_IDS``) first occurs in the path: found once
+    per path, not once per component (a path of n components would cost n squared)."""
+    return {anchor: components.index(anchor) for anchor in _PLATFORM_IDS if anchor in components}
+
+
+def _container(
+    components: Sequence[str], index: int, anchors: Mapping[str, int]
+) -> tuple[str, str | None] | None:
+    """(id, runtime) if this component names a container; ("", None) for a runtime helper.
+    ``anchors``: ``_anchors(components)``."""
     component = components[index]
     if ":" in component:
         parts = component.split(":")
@@ -194,8 +204,9 @@ def _container(components: Sequence[str], index: int) -> tuple[str, str | None] 
     if prefix in _SCOPE_PREFIXES and is_runtime_id(container_id):
         runtime = _SCOPE_PREFIXES[prefix]
         return (container_id, runtime) if runtime else ("", None)
-    for anchor, (shape, platform) in _PLATFORM_IDS.items():
-        if anchor in components and anchor in components[:index] and shape.fullmatch(component):
+    for anchor, first in anchors.items():
+        shape, platform = _PLATFORM_IDS[anchor]
+        if first < index and shape.fullmatch(component):
             return component, platform
     return None
 

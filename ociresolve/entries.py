@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -22,6 +22,11 @@ from ociresolve.model import IndexedContainer, StandaloneContainer
 from ociresolve.runtimes import normalize_at
 
 log = logging.getLogger(__name__)
+
+# Linux's PID_MAX_LIMIT on 64-bit (include/linux/threads.h): no kernel.pid_max goes above it.
+PID_MAX: Final = 4_194_304
+# Inode numbers, which cgroup ids are, are unsigned 64-bit.
+_U64_MAX: Final = 2**64 - 1
 
 
 class Entry(NamedTuple):
@@ -130,11 +135,12 @@ def cgroup_id_of(paths: HostPaths, cgroups_path: str | None) -> int | None:
     if directory is None:
         return None
     try:
-        return os.stat(directory).st_ino
+        inode = os.stat(directory).st_ino
     except OSError:
         return None  # not created yet (the container has not started), or gone
     except ValueError:
         return None  # a NUL byte in an untrusted cgroupsPath: no such directory
+    return inode if 0 < inode <= _U64_MAX else None
 
 
 def with_pid(paths: HostPaths, record: IndexedContainer, layout: Layout) -> IndexedContainer:
@@ -160,5 +166,8 @@ def read_pid_file(path: str) -> int | None:
         pid = int(text.strip() or b"0")
     except ValueError:
         log.warning("%s: not a PID: %r", path, text)
+        return None
+    if pid > PID_MAX:
+        log.warning("%s: not a PID: %d is above the kernel's limit, %d", path, pid, PID_MAX)
         return None
     return pid if pid > 0 else None

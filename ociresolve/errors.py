@@ -49,3 +49,15 @@ class DaemonUnavailable(OciresolveError):
         super().__init__(f"ociresolve daemon at {socket}: {reason}")
         self.socket = socket
         self.reason = reason
+
+
+class InotifyLimitReached(OciresolveError):
+    """A kernel limit of inotify is used up for this user: ``sysctl`` names it
+    (``fs.inotify.max_user_instances`` or ``fs.inotify.max_user_watches``), ``limit`` is its
+    value when it could be read."""
+
+    def __init__(self, sysctl: str, what: str, limit: int | None) -> None:
+        value = "" if limit is None else f" = {limit}"
+        super().__init__(f"{what}: the limit is reached (sysctl {sysctl}{value}); raise it")
+        self.sysctl = sysctl
+        self.limit = limit

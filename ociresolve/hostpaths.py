@@ -89,6 +89,13 @@ DEFAULT_CRI_SOCKETS: Final = (
 
 # cgroup v2 mount points, in the order they are tried: unified (v2 only), then hybrid.
 _CGROUP2_MOUNTS: Final = ("/sys/fs/cgroup", "/sys/fs/cgroup/unified")
+# The sysctls of the kernel this process runs on (its own view: never below ``host_root``).
+_SYSCTLS: Final = "/proc/sys"
+
+
+def sysctl_path(name: str) -> str:
+    """Where this process reads the sysctl ``name`` (``fs.inotify.max_user_watches``)."""
+    return f"{_SYSCTLS}/{name.replace('.', '/')}"
 
 
 class HostPaths:
@@ -160,7 +167,10 @@ class HostPaths:
 
     def bundle_candidates(self, container_id: str) -> Iterator[tuple[str, Layout]]:
         """The bundle directories where a container with this id could be, existing or not;
-        never in a graph root (see ``Layout``)."""
+        never in a graph root (see ``Layout``). None for an id that is not a runtime's (one with
+        a ``/`` or ``..`` would name any directory)."""
+        if not is_runtime_id(container_id):
+            return
         for root in self.runtime_roots:
             for layout in LAYOUTS:
                 if not layout.is_graph_root(root):
@@ -168,7 +178,9 @@ class HostPaths:
 
     def graph_bundles(self, container_id: str, layout: Layout) -> Iterator[str]:
         """The directories where a graph root of ``layout`` would keep this container's
-        ``config.json``, existing or not."""
+        ``config.json``, existing or not (none for an id that is not a runtime's)."""
+        if not is_runtime_id(container_id):
+            return
         for root in self.runtime_roots:
             if layout.is_graph_root(root):
                 for path, _ in _expand(root, layout, container_id):

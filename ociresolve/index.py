@@ -7,6 +7,10 @@ drops them; the number of tombstones is capped so that endless churn keeps memor
 Containers that are not Kubernetes ones (podman's) are kept apart, in ``standalone``: a lookup
 of one ends there ("podman container, not Kubernetes") instead of reading the disk or asking the
 CRI again. They have no pod, no cgroup-id mapping, no grace period and no subscriber.
+
+Two records may claim one cgroup id (a runtime reusing a cgroup, or a forged ``cgroupsPath``):
+each claim is kept, the cgroup id maps to the latest live claimant (else the latest one), and
+removing either leaves the other mapped.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from ociresolve.model import Change, ContainerMeta, IndexedContainer, Standalone
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[IndexedContainer, Change], None]
+# Told that changes were dropped (how many), after every change given before the loss.
+LostHandler = Callable[[int], None]
 
 MAX_TOMBSTONES: Final = 10_000
 SUBSCRIBER_QUEUE: Final = 10_000
@@ -48,6 +54,8 @@ class Index:
         self.meta_by_id: dict[str, ContainerMeta] = {}
         self.meta_by_cgroup: dict[int, ContainerMeta] = {}
         self._records: dict[str, IndexedContainer] = {}
+        # cgroup id -> the ids of the records that claim it, in the order they first did.
+        self._claims: dict[int, list[str]] = {}
         self._by_bundle: dict[str, str] = {}
         # Containers that are not Kubernetes ones, by id and by bundle.
         self.standalone: dict[str, StandaloneContainer] = {}
@@ -58,6 +66,8 @@ class Index:
         self._subscribers: list[_Subscription] = []
         # Bumped on every change: a cached miss is only valid for the generation it saw.
         self.generation = 0
+        # Changes some subscriber never got (its queue was full).
+        self.lost_changes = 0
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -97,14 +107,14 @@ class Index:
             if only_if_live and (old is None or old.removed or old.bundle != record.bundle):
                 return
             self._drop_standalone(container_id)
-            if old is not None and old.cgroup_id is not None and old.cgroup_id != record.cgroup_id:
-                self.meta_by_cgroup.pop(old.cgroup_id, None)
             self._tombstones.pop(container_id, None)
             self._records[container_id] = record
             self.meta_by_id[container_id] = record.meta
             self._by_bundle[record.bundle] = container_id
+            if old is not None and old.cgroup_id is not None and old.cgroup_id != record.cgroup_id:
+                self._unclaim(old.cgroup_id, container_id)
             if record.cgroup_id is not None:
-                self.meta_by_cgroup[record.cgroup_id] = record.meta
+                self._claim(record.cgroup_id, container_id)
             joined: list[IndexedContainer] = []
             if record.meta.container_type == "sandbox" and record.meta.pod_uid:
                 joined = self._give_uid(container_id, record.meta.pod_uid)
@@ -138,6 +148,8 @@ class Index:
                 return
             record = msgspec.structs.replace(record, removed=True)
             self._records[container_id] = record
+            if record.cgroup_id is not None:
+                self._remap(record.cgroup_id)  # a live claimant of its cgroup, if any, wins
             self._tombstones[container_id] = self._clock()
             self._drop_excess_tombstones()
             self._publish(record, "removed")
@@ -168,13 +180,18 @@ class Index:
 
     # -- subscribers ---------------------------------------------------------------------------
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+    def subscribe(
+        self, callback: Subscriber, *, on_lost: LostHandler | None = None
+    ) -> Callable[[], None]:
         """Call ``callback(record, change)`` on every change, from a thread of its own.
 
-        A slow subscriber only fills its own bounded queue (changes beyond it are dropped and
-        logged); it never stalls the watcher. Returns a function that unsubscribes.
+        A slow subscriber only fills its own bounded queue; it never stalls the watcher.
+        Changes beyond the queue are dropped, counted (``lost_changes``) and logged; with
+        ``on_lost``, none is accepted until the subscriber has had every change before the
+        first one dropped and then ``on_lost(dropped)`` (on the same thread), which must re-sync
+        from the index (``records()``). Returns a function that unsubscribes.
         """
-        subscription = _Subscription(callback)
+        subscription = _Subscription(callback, on_lost)
         with self._lock:
             self._subscribers.append(subscription)
 
@@ -205,7 +222,7 @@ class Index:
         self.meta_by_id.pop(container_id, None)
         if record is not None:
             if record.cgroup_id is not None:
-                self.meta_by_cgroup.pop(record.cgroup_id, None)
+                self._unclaim(record.cgroup_id, container_id)
             if self._by_bundle.get(record.bundle) == container_id:
                 del self._by_bundle[record.bundle]
             sandbox_id = record.meta.sandbox_id
@@ -243,33 +260,66 @@ class Index:
             self._records[container_id] = record
             self.meta_by_id[container_id] = meta
             if record.cgroup_id is not None:
-                self.meta_by_cgroup[record.cgroup_id] = meta
+                self._remap(record.cgroup_id)
             joined.append(record)
         return joined
 
+    def _claim(self, cgroup_id: int, container_id: str) -> None:
+        claims = self._claims.setdefault(cgroup_id, [])
+        if container_id not in claims:
+            claims.append(container_id)
+        self._remap(cgroup_id)
+
+    def _unclaim(self, cgroup_id: int, container_id: str) -> None:
+        claims = self._claims.get(cgroup_id)
+        if claims is not None and container_id in claims:
+            claims.remove(container_id)
+        self._remap(cgroup_id)
+
+    def _remap(self, cgroup_id: int) -> None:
+        """Map ``cgroup_id`` to its latest live claimant, else its latest one, else nothing."""
+        claims = [r for r in map(self._records.get, self._claims.get(cgroup_id, ())) if r]
+        if not claims:
+            self._claims.pop(cgroup_id, None)
+            self.meta_by_cgroup.pop(cgroup_id, None)
+            return
+        live = [r for r in claims if not r.removed]
+        self.meta_by_cgroup[cgroup_id] = (live or claims)[-1].meta
+
     def _publish(self, record: IndexedContainer, change: Change) -> None:
         for subscription in self._subscribers:
-            subscription.offer(record, change)
+            if not subscription.offer(record, change):
+                self.lost_changes += 1
 
 
 class _Subscription:
-    def __init__(self, callback: Subscriber) -> None:
+    def __init__(self, callback: Subscriber, on_lost: LostHandler | None = None) -> None:
         self._callback = callback
+        self._on_lost = on_lost
         self._queue: queue.Queue[tuple[IndexedContainer, Change] | None] = queue.Queue(
             SUBSCRIBER_QUEUE
         )
         self.dropped = 0
+        # With ``on_lost``: changes were dropped, and the subscriber has not been told yet.
+        self._lost = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="ociresolve-subscriber", daemon=True)
         self._thread.start()
 
-    def offer(self, record: IndexedContainer, change: Change) -> None:
-        try:
-            self._queue.put_nowait((record, change))
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.warning("slow subscriber %r: %d changes dropped", self._callback, self.dropped)
+    def offer(self, record: IndexedContainer, change: Change) -> bool:
+        """Queue a change (called with the index's lock held); ``False``: dropped."""
+        if not self._lost:
+            try:
+                self._queue.put_nowait((record, change))
+                return True
+            except queue.Full:
+                pass
+        self.dropped += 1
+        if self._on_lost is not None:
+            self._lost += 1  # nothing more is queued until the subscriber is told
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.warning("slow subscriber %r: %d changes dropped", self._callback, self.dropped)
+        return False
 
     def close(self) -> None:
         self._closed = True
@@ -287,3 +337,15 @@ class _Subscription:
                 self._callback(*item)
             except Exception:
                 log.exception("subscriber %r failed", self._callback)
+            if self._lost and self._queue.empty():
+                self._tell_lost()
+
+    def _tell_lost(self) -> None:
+        """Every change queued before the loss has been handed over: say how many were dropped.
+        Changes are queued again from now on (those after the re-sync the subscriber starts)."""
+        dropped, self._lost = self._lost, 0
+        assert self._on_lost is not None
+        try:
+            self._on_lost(dropped)
+        except Exception:
+            log.exception("subscriber %r failed to re-sync", self._callback)

@@ -18,7 +18,8 @@ from ociresolve.cri.client import DEFAULT_TIMEOUT, CriClient
 from ociresolve.cri.fallback import CriFallback, Observer
 from ociresolve.entries import with_cgroup_id
 from ociresolve.hostpaths import HostPaths
-from ociresolve.index import Index, Subscriber
+from ociresolve.ids import is_runtime_id
+from ociresolve.index import Index, LostHandler, Subscriber
 from ociresolve.model import (
     CgroupRef,
     ContainerMeta,
@@ -90,11 +91,21 @@ class Resolver:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> Resolver:
-        """Index every bundle on disk, then follow changes. Returns when the index is full."""
+        """Index every bundle on disk, then follow changes. Returns when the index is full.
+
+        Raises ``InotifyLimitReached`` when this user has no inotify instance left (sysctl
+        ``fs.inotify.max_user_instances``). Directories that cannot be watched (no watch left,
+        ``fs.inotify.max_user_watches``) are indexed anyway and rescanned until they can be:
+        ``watcher.degraded`` says so meanwhile.
+        """
         with self._lock:
             if self._watcher is None:
                 watcher = Watcher(self.paths, self.index, tick=min(0.5, self.index.grace_period))
-                watcher.start()
+                try:
+                    watcher.start()
+                except BaseException:
+                    watcher.close()
+                    raise
                 self._watcher = watcher
         return self
 
@@ -170,13 +181,20 @@ class Resolver:
         return self._by_id.get(ref.container_id) or _meta(self._walk(ref.container_id, None))
 
     def lookup_container(self, container_id: str) -> ContainerMeta | None:
-        return self._by_id.get(container_id) or _meta(self._walk(container_id, None))
+        """The container of a full runtime id (64 lower-case hex digits); anything else is a
+        miss, never looked for on disk or asked of the CRI."""
+        meta = self._by_id.get(container_id)
+        if meta is not None or not is_runtime_id(container_id):
+            return meta
+        return _meta(self._walk(container_id, None))
 
     def resolve_container(self, container_id: str) -> Resolution | None:
         """``lookup_container`` that also says where the answer came from."""
         meta = self._by_id.get(container_id)
         if meta is not None:
             return Resolution(meta=meta, source="index")
+        if not is_runtime_id(container_id):
+            return None
         return _resolution(self._walk(container_id, None))
 
     def resolve_pid(self, pid: int) -> Resolution | None:
@@ -217,9 +235,13 @@ class Resolver:
         """Every container in the index, those in their grace period included."""
         return self.index.records()
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """``callback(record, change)`` for every added, updated and removed container."""
-        return self.index.subscribe(callback)
+    def subscribe(
+        self, callback: Subscriber, *, on_lost: LostHandler | None = None
+    ) -> Callable[[], None]:
+        """``callback(record, change)`` for every added, updated and removed container; and
+        ``on_lost(dropped)`` when changes were dropped for a subscriber that fell behind (see
+        ``Index.subscribe``): re-sync from ``containers()`` then."""
+        return self.index.subscribe(callback, on_lost=on_lost)
 
     def cgroup_of(self, pid: int) -> CgroupRef | None:
         """What the live cgroup of ``pid`` says: its container id, or ``None`` on the host.

@@ -7,7 +7,11 @@ are not missed. In a bundle directory, ``config.json`` closed or renamed in (re)
 the runtime's pid file appearing records the init PID and the cgroup id; the directory's
 removal or rename (containerd renames ``<id>`` to ``.<id>`` before deleting it) starts its
 grace period. A root that does not exist yet is watched from its nearest existing parent. A
-queue overflow triggers a full rescan that keeps no ghost and loses nothing.
+queue overflow triggers a full rescan that keeps no ghost and loses nothing. A directory that
+could not be watched (the user's watch limit, ``fs.inotify.max_user_watches``, used up) is
+counted, makes the watcher ``degraded``, and is retried by full rescans, with backoff, until
+every directory that needs a watch has one: what is created meanwhile is indexed at the latest
+by the next rescan.
 
 A running container costs no watch of its own: a bundle is watched only until it is final
 (``entries.Entry``: its init PID known, or no process will ever run), a directory whose only
@@ -31,9 +35,10 @@ from typing import Final
 from inotify_simple import INotify
 from inotify_simple import flags as f
 
+from ociresolve import inotify_limits
 from ociresolve.bundle import CONFIG_NAME
 from ociresolve.entries import read_entry, with_pid
-from ociresolve.errors import BundleError
+from ociresolve.errors import BundleError, OciresolveError
 from ociresolve.hostpaths import LAYOUTS, HostPaths, Layout
 from ociresolve.index import Index
 from ociresolve.model import IndexedContainer
@@ -48,6 +53,10 @@ _PARENT_MASK: Final = f.CREATE | f.MOVED_TO | f.ONLYDIR | f.MASK_ADD
 _ADDED: Final = f.CREATE | f.MOVED_TO
 _GONE: Final = f.DELETE | f.MOVED_FROM
 _WRITTEN: Final = f.CLOSE_WRITE | f.MOVED_TO
+# Seconds from a watch that could not be added to the rescan that retries it, doubled after
+# each rescan that still could not add every watch, up to the second.
+RETRY_FIRST: Final = 0.5
+RETRY_MAX: Final = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Watcher:
         self.overflows = 0
         self.bundle_errors = 0
         self.identity_conflicts = 0  # bundles whose annotations claim another identity
-        self.watch_errors = 0
+        self.watch_errors = 0  # watches that could not be added (each retried by a rescan)
         self.unwatched = 0  # watches removed once what they waited for was there
         self._inotify: INotify | None = None
         self._watches: dict[int, _Watch] = {}
@@ -106,14 +115,35 @@ class Watcher:
         self._wake_r, self._wake_w = -1, -1
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # Directories that need a watch and have none (cleared by a rescan that watches them);
+        # a scan collects its own set and publishes it when done.
+        self._missing: set[str] = set()
+        self._scanning: set[str] | None = None
+        self._watch_error: OSError | None = None
+        self._retry_first, self._retry_max = RETRY_FIRST, RETRY_MAX
+        self._retry_delay = self._retry_first
+        self._retry_at: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Watch every root and index what is there; the loop then runs in its own thread."""
-        self._inotify = INotify(nonblocking=True)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        """Watch every root and index what is there; the loop then runs in its own thread.
+
+        Raises ``InotifyLimitReached`` when the user has no inotify instance left
+        (``fs.inotify.max_user_instances``), ``OciresolveError`` when none can be had for
+        another reason. Directories that cannot be watched do not fail it: see ``degraded``.
+        """
+        try:
+            self._inotify = INotify(nonblocking=True)
+        except OSError as exc:
+            raise inotify_limits.instance_error(exc) from exc
+        try:
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            raise OciresolveError(f"cannot start the watcher: {exc.strerror or exc}") from exc
         self.scan()
+        if self._missing:
+            log.warning("watcher: %s", self.degraded)
         self._thread = threading.Thread(target=self._run, name="ociresolve-watcher", daemon=True)
         self._thread.start()
 
@@ -121,6 +151,20 @@ class Watcher:
     def alive(self) -> bool:
         """The watching thread runs (for health checks)."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def missing_watches(self) -> int:
+        """Directories that need a watch and could not get one (0 when all is well)."""
+        return len(self._missing)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why some changes may be seen late (only by a rescan), or None when all is well."""
+        missing, error = len(self._missing), self._watch_error
+        if not missing:
+            return None
+        why = "" if error is None else f" ({inotify_limits.watch_problem(error)})"
+        return f"{missing} directories not watched{why}; rescanning until they are"
 
     def close(self) -> None:
         self._stop.set()
@@ -139,11 +183,16 @@ class Watcher:
     def scan(self) -> None:
         """Watch (when started) and index every bundle on disk; forget bundles that are gone."""
         found: set[str] = set()
-        for root in self.paths.runtime_roots:
-            if os.path.isdir(root):
-                self._add(_Watch(root, None, 0), found)
-            else:
-                self._watch_parent_of(root, found)
+        self._scanning = set()
+        try:
+            for root in self.paths.runtime_roots:
+                if os.path.isdir(root):
+                    self._add(_Watch(root, None, 0), found)
+                else:
+                    self._watch_parent_of(root, found)
+        finally:
+            missing, self._scanning = self._scanning, None
+        self._missing = missing
         for bundle in self.index.bundles() - found:
             self.index.remove_bundle(bundle)
 
@@ -161,6 +210,7 @@ class Watcher:
                 break
             try:
                 self.handle(self._inotify.read(timeout=0))
+                self._retry_missing(time.monotonic())
             except Exception:  # the loop must survive anything a host can throw at it
                 log.exception("watcher: unexpected error; rescanning")
                 try:
@@ -260,13 +310,11 @@ class Watcher:
                     watch.path, _BUNDLE_MASK if watch.is_bundle else _DIR_MASK
                 )
             except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-                    self.watch_errors += 1
-                    log.error("watcher: cannot watch %s: %s", watch.path, exc)
                 # Vanished already: nothing to index. Other errors (the watch limit): the scan
-                # below still indexes it; only its later changes are missed until a rescan.
+                # below still indexes it; its later changes wait for the retry's rescan.
                 if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                     return
+                self._cannot_watch(watch.path, exc)
             else:
                 self._watches[wd] = watch
         if watch.is_bundle:
@@ -332,8 +380,7 @@ class Watcher:
         try:
             wd = self._inotify.add_watch(parent, _PARENT_MASK)
         except OSError as exc:
-            self.watch_errors += 1
-            log.error("watcher: cannot watch %s for %s: %s", parent, root, exc)
+            self._cannot_watch(parent, exc)
             return
         self._parents.setdefault(wd, set()).add(root)
         # A directory created below ``parent`` before its watch existed sent no event: look again.
@@ -364,3 +411,41 @@ class Watcher:
     def _rescan(self) -> None:
         self.rescans += 1
         self.scan()
+
+    # -- directories that could not be watched ------------------------------------------------
+
+    def _cannot_watch(self, path: str, exc: OSError) -> None:
+        """Count a watch that could not be added; a rescan retries it (``_retry_missing``)."""
+        self.watch_errors += 1
+        self._watch_error = exc
+        if self._scanning is not None:
+            self._scanning.add(path)  # the scan reports them all at once
+        elif not self._missing:
+            self._missing.add(path)
+            log.warning(
+                "watcher: cannot watch %s: %s; rescanning until it can",
+                path,
+                inotify_limits.watch_problem(exc),
+            )
+        else:
+            self._missing.add(path)
+        log.debug("watcher: cannot watch %s: %s", path, exc)
+
+    def _retry_missing(self, now: float) -> None:
+        """While directories miss their watch: rescan, with backoff, until none does."""
+        if not self._missing:
+            self._retry_delay, self._retry_at = self._retry_first, None
+            return
+        if self._retry_at is None:
+            self._retry_at = now + self._retry_delay
+            return
+        if now < self._retry_at:
+            return
+        self._rescan()
+        if not self._missing:
+            log.info("watcher: every directory is watched again")
+            self._retry_delay, self._retry_at = self._retry_first, None
+            return
+        self._retry_delay = min(self._retry_delay * 2, self._retry_max)
+        self._retry_at = time.monotonic() + self._retry_delay
+        log.warning("watcher: %s; next rescan in %.1f s", self.degraded, self._retry_delay)

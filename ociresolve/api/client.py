@@ -35,6 +35,8 @@ _OPTIONS: Final = (
     # busy runtime may well take longer to accept.
     ("grpc.min_reconnect_backoff_ms", 100),
 )
+# How the daemon ends a watch stream whose changes it cannot deliver.
+_LOST: Final = frozenset({"RESOURCE_EXHAUSTED", "ABORTED"})
 _RESOLVER: Final = "/ociresolve.v1.Resolver/"
 _DEPRECATIONS: Final = "/ociresolve.v1.Deprecations/"
 
@@ -45,6 +47,17 @@ Key = tuple[Literal["pid", "cgroup_id", "container_id"], int | str]
 
 _STATUS: Final[dict[int, Status]] = {1: "found", 2: "host", 3: "not_found", 4: "no_such_process"}
 _KINDS: Final[dict[int, WatchKind]] = {1: "added", 2: "updated", 3: "removed", 4: "synced"}
+
+
+class WatchLost(OciresolveError):
+    """The daemon ended a watch stream whose changes it could no longer deliver (the client,
+    or the daemon's own feed, fell behind: RESOURCE_EXHAUSTED, ABORTED). Nothing is lost as
+    long as the client watches again: it gets the current set anew."""
+
+    def __init__(self, socket: str, reason: str) -> None:
+        super().__init__(f"ociresolve daemon at {socket}: {reason}")
+        self.socket = socket
+        self.reason = reason
 
 
 def daemon_socket(path: str | None = None) -> str:
@@ -158,7 +171,8 @@ class DaemonClient:
         """The current set as ``added``/``removed`` events, one ``synced``, then each change.
 
         Iterate the returned ``Watch``; ``cancel()`` it (from any thread) to stop. Iterating
-        raises ``DaemonUnavailable`` when the daemon goes away: watch again to resume.
+        raises ``DaemonUnavailable`` when the daemon goes away, ``WatchLost`` when it ended the
+        stream because changes could not be delivered: watch again to resume (and re-sync).
         """
         from ociresolve.api import api_pb2
 
@@ -176,6 +190,8 @@ class DaemonClient:
     def _error(self, failed: Failure) -> OciresolveError:
         if failed.code in UNREACHABLE:
             return DaemonUnavailable(self.socket, failed.reason)
+        if failed.rpc == "Watch" and failed.code in _LOST:
+            return WatchLost(self.socket, failed.reason)
         return OciresolveError(f"ociresolve daemon at {self.socket}: {failed.reason}")
 
 

@@ -3,15 +3,22 @@ empty (``""`` or 0) on the wire."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Final
 
 from ociresolve.api import api_pb2
 from ociresolve.model import ContainerMeta, ContainerType, IndexedContainer
+from ociresolve.render import short_id
+
+log = logging.getLogger(__name__)
 
 _TYPES: Final[dict[str, ContainerType]] = {"container": "container", "sandbox": "sandbox"}
 
 
 def to_message(record: IndexedContainer) -> api_pb2.Container:
+    """Raises ``ValueError`` for a record a field cannot hold (a number out of its range, a
+    string that is not UTF-8): ``encodable`` and ``to_messages`` never raise."""
     meta = record.meta
     return api_pb2.Container(
         runtime=meta.runtime,
@@ -29,6 +36,33 @@ def to_message(record: IndexedContainer) -> api_pb2.Container:
         cgroups_path=record.cgroups_path or "",
         removed=record.removed,
     )
+
+
+def encodable(record: IndexedContainer) -> api_pb2.Container | None:
+    """``to_message``, or ``None`` (logged) for a record the API's fields cannot hold: one bad
+    record must not break a listing or a stream."""
+    try:
+        return to_message(record)
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+        log.warning(
+            "container %s left out of the API: it does not fit the API's fields: %s",
+            short_id(record.meta.container_id),
+            exc,
+        )
+        return None
+
+
+def to_messages(records: Iterable[IndexedContainer]) -> tuple[list[api_pb2.Container], int]:
+    """The messages of the records that fit the API's fields, and how many did not."""
+    messages: list[api_pb2.Container] = []
+    skipped = 0
+    for record in records:
+        message = encodable(record)
+        if message is None:
+            skipped += 1
+        else:
+            messages.append(message)
+    return messages, skipped
 
 
 def meta_message(meta: ContainerMeta) -> api_pb2.Container:

@@ -6,7 +6,9 @@ not a round trip. What the copy does not hold is asked of the daemon (one ``Look
 deadline); an id that missed is not asked again until the copy changes.
 
 If the daemon restarts, the copy is kept and the watch resumes, with a backoff, replacing the
-copy with the daemon's new current set once it is synced.
+copy with the daemon's new current set once it is synced. If the daemon ends the stream because
+changes could not be delivered (this copy, or the daemon's own feed, fell behind), the copy is
+re-synced the same way at once, and counted in ``fell_behind``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import deque
 from types import TracebackType
 from typing import Final
 
-from ociresolve.api.client import DaemonClient, Key, LookupResult, Watch
+from ociresolve.api.client import DaemonClient, Key, LookupResult, Watch, WatchLost
 from ociresolve.errors import DaemonUnavailable, OciresolveError
 from ociresolve.hostpaths import HostPaths
 from ociresolve.model import CgroupRef, ContainerMeta, IndexedContainer, Resolution, Source
@@ -58,6 +60,7 @@ class RemoteResolver:
         self.generation = 0
         self.synced = threading.Event()
         self.resyncs = 0
+        self.fell_behind = 0  # streams the daemon ended for changes it could not deliver
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._watch: Watch | None = None
@@ -184,16 +187,22 @@ class RemoteResolver:
                 return
             self._watch = watch
         fresh: dict[str, IndexedContainer] | None = {}
-        for kind, record in watch:
-            if fresh is not None:  # the current set, until `synced`
-                if record is not None and record.meta.container_id:
-                    fresh[record.meta.container_id] = record
-                if kind == "synced":
-                    self._replace(fresh)
-                    fresh = None
-                continue
-            if record is not None:
-                self._apply(record, removed=kind == "removed")
+        try:
+            for kind, record in watch:
+                if fresh is not None:  # the current set, until `synced`
+                    if record is not None and record.meta.container_id:
+                        fresh[record.meta.container_id] = record
+                    if kind == "synced":
+                        self._replace(fresh)
+                        fresh = None
+                    continue
+                if record is not None:
+                    self._apply(record, removed=kind == "removed")
+        except WatchLost as exc:
+            if fresh is not None:
+                raise  # refused before the current set (too many watchers): back off
+            self.fell_behind += 1
+            log.warning("daemon: %s; re-syncing", exc.reason)
 
     def _replace(self, records: dict[str, IndexedContainer]) -> None:
         now = time.monotonic()

@@ -14,7 +14,8 @@ def add_commands(commands: Commands) -> None:
         help="the node daemon: index the node and serve lookups on a unix socket",
         description="Index the node's containers, keep the index current, and serve lookups "
         "(gRPC, ociresolve/api/api.proto) on a unix socket, with Prometheus metrics and "
-        "health checks, until SIGTERM. Exit 2 when it cannot start.",
+        "health checks, until SIGTERM. Exit 2 when it cannot start, 3 when no inotify instance is "
+        "left (sysctl fs.inotify.max_user_instances).",
     )
     add_serve_arguments(serve)
     serve.set_defaults(run=run)

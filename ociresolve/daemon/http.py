@@ -1,26 +1,31 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on the metrics address.
 
 ``/healthz`` answers 200 while the daemon's threads (watcher, API) run, 503 otherwise: a
-liveness probe restarts a daemon that lost one. ``/readyz`` answers 503 until the initial scan
-has indexed the node, then 200. Connections are served by threads, each with a socket
-timeout, so a client that connects and never sends holds one thread for a few seconds only.
+liveness probe restarts a daemon that lost one. A daemon that runs degraded (directories it
+could not watch, rescanned until it can: a restart would not help) answers 200 with
+``degraded: <why>`` instead of ``ok``. ``/readyz`` answers 503 until the initial scan
+has indexed the node, then 200. One thread serves every connection (``BoundedHttpServer``):
+a request has ``REQUEST_TIMEOUT`` seconds in all, however slowly it trickles in, and at most
+``MAX_CONNECTIONS`` are open (a new one closes the oldest), so slow clients cost no thread and
+no memory that stays.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
 
+from ociresolve.daemon.boundedhttp import BoundedHttpServer, BufferedHandler
 from ociresolve.errors import OciresolveError
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT: Final = 5.0
+REQUEST_TIMEOUT: Final = 5.0  # from the connection to the answer's last byte
+MAX_CONNECTIONS: Final = 256
 
 Check = Callable[[], bool]
+Degraded = Callable[[], str | None]  # why the daemon runs degraded, or None
 Exposition = Callable[[], tuple[bytes, str]]
 
 
@@ -32,52 +37,58 @@ def parse_address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the operator asked for it
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The standard library's 5 would drop a probe's SYN behind a burst of connections, and
-    # its retry comes a second later: past kubelet's default probe timeout.
-    request_queue_size = 128
-
-
 class HttpServer:
     def __init__(
-        self, address: str, *, healthy: Check, ready: Check, metrics: Exposition | None
+        self,
+        address: str,
+        *,
+        healthy: Check,
+        ready: Check,
+        metrics: Exposition | None,
+        degraded: Degraded | None = None,
+        request_timeout: float | None = None,
+        max_connections: int | None = None,
     ) -> None:
         host, port = parse_address(address)
-        handler = _handler(healthy, ready, metrics)
+        handler = _handler(healthy, ready, metrics, degraded)
         try:
-            self._server = _Server((host, port), handler)
+            self._server = BoundedHttpServer(
+                host,
+                port,
+                handler,
+                request_timeout=REQUEST_TIMEOUT if request_timeout is None else request_timeout,
+                max_connections=MAX_CONNECTIONS if max_connections is None else max_connections,
+            )
         except OSError as exc:
             raise OciresolveError(f"metrics address {address}: {exc.strerror}") from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.1,), name="ociresolve-http", daemon=True
-        )
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._server.address
 
     def start(self) -> HttpServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 def _handler(
-    healthy: Check, ready: Check, metrics: Exposition | None
-) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        timeout = REQUEST_TIMEOUT
+    healthy: Check, ready: Check, metrics: Exposition | None, degraded: Degraded | None
+) -> type[BufferedHandler]:
+    class Handler(BufferedHandler):
         server_version = "ociresolve"
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                self._check(healthy())
+                alive = healthy()
+                why = degraded() if alive and degraded is not None else None
+                if why is None:
+                    self._check(alive)
+                else:
+                    self._send(200, f"degraded: {why}\n".encode())
             elif path == "/readyz":
                 self._check(ready())
             elif path == "/metrics" and metrics is not None:

@@ -151,6 +151,17 @@ class _Collector:
                 "Watch streams ended because the client did not keep up.",
                 value=self.service.watch_overflows,
             )
+            yield CounterMetricFamily(
+                "ociresolve_watch_feed_losses",
+                "Times the API's feed of changes fell behind the index: every Watch stream ended.",
+                value=self.service.feed_losses,
+            )
+            yield CounterMetricFamily(
+                "ociresolve_api_unencodable",
+                "Records left out of an API answer, listing or stream: a value out of its "
+                "field's range.",
+                value=self.service.unencodable,
+            )
 
         yield from self._cri()
         yield from self._watcher()
@@ -185,13 +196,25 @@ class _Collector:
         yield breaker
 
     def _watcher(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         watcher = self.resolver.watcher
+        yield GaugeMetricFamily(
+            "ociresolve_watches_missing",
+            "Directories that need an inotify watch and could not get one (the watch limit, "
+            "fs.inotify.max_user_watches, used up): rescanned until they do; /healthz says "
+            "degraded meanwhile.",
+            value=watcher.missing_watches if watcher is not None else 0,
+        )
         for name, help_text, value in (
             ("watcher_rescans", "Full rescans of the runtime roots.", "rescans"),
             ("inotify_overflows", "inotify queue overflows (each causes a rescan).", "overflows"),
             ("bundle_errors", "Bundles that could not be read or decoded.", "bundle_errors"),
+            (
+                "watch_errors",
+                "inotify watches that could not be added, each attempt (each retried by a rescan).",
+                "watch_errors",
+            ),
             (
                 "identity_conflicts",
                 "Bundles whose annotations claim an identity their structure denies.",

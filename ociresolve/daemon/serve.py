@@ -1,22 +1,26 @@
 """``ociresolve serve``: the watcher, the resolver, the API, metrics and (optionally) the
-connect tracer, in one process, until SIGTERM or SIGINT.
+connect tracer, in one process, until SIGTERM or SIGINT (SIGHUP is logged and ignored).
 
-Start-up: metrics and health first (``/readyz`` says 503 meanwhile), the tracer's probe
-compiled and attached (so a node without BPF fails at once, with the reason), the initial
-scan, then the API. Stopping: the watch streams end, requests in flight get a second, the
-tracer drains what the kernel buffered and writes its last summary; the process exits 0
-within a second or two. Nothing is kept on disk: a restarted daemon rebuilds the index from
+Start-up: the API socket's path claimed (a daemon already serving there makes this one exit
+2 at once, see ``SocketClaim``), metrics and health (``/readyz`` says 503 meanwhile), the
+tracer's probe compiled and attached (so a node without BPF fails at once, with the reason),
+the initial scan, then the API. Stopping: the watch streams end, requests in flight get a
+second, the tracer drains what the kernel buffered and writes its last summary; the process
+exits 0 within a second or two. Nothing is kept on disk: a restarted daemon rebuilds the index from
 the bundles, which the runtimes keep.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TYPE_CHECKING, Final
 
 from ociresolve.daemon import logs
@@ -26,7 +30,8 @@ from ociresolve.daemon.http import HttpServer
 from ociresolve.daemon.metrics import Metrics
 from ociresolve.daemon.server import ApiServer, Service
 from ociresolve.daemon.service import ResolverService
-from ociresolve.errors import OciresolveError
+from ociresolve.daemon.socketclaim import SocketClaim
+from ociresolve.errors import InotifyLimitReached, OciresolveError
 from ociresolve.resolver import Resolver
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ log = logging.getLogger("ociresolve.serve")
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 2
+EXIT_INOTIFY_LIMIT: Final = 3  # no inotify instance left: fs.inotify.max_user_instances
 STOP_GRACE: Final = 1.0
 
 
@@ -47,12 +53,33 @@ def run(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int
 
     stop = threading.Event() if stop is None else stop
     logs.configure(args.log_format, args.log_level, node=node_name())
-    with stop_on_signals(stop):
+    with stop_on_signals(stop), _log_hangups():
         try:
             return Daemon(args).run(stop)
+        except InotifyLimitReached as exc:
+            log.error("cannot serve: %s", exc)
+            return EXIT_INOTIFY_LIMIT
         except OciresolveError as exc:
             log.error("cannot serve: %s", exc)
             return EXIT_ERROR
+
+
+@contextlib.contextmanager
+def _log_hangups() -> Iterator[None]:
+    """A SIGHUP (a closed terminal, a stray ``kill -HUP``) is logged; the daemon serves on.
+    There is no configuration file to reload."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGHUP ignored: stop the daemon with SIGTERM")
+
+    previous = signal.signal(signal.SIGHUP, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 class Daemon:
@@ -69,6 +96,7 @@ class Daemon:
             cri_observer=self.metrics.observe_cri if self.metrics is not None else None,
         )
         self.api: ApiServer | None = None  # built once the reporter is (or is not) made
+        self.claim: SocketClaim | None = None  # the API socket's path, claimed first
         self.tracer: ConnectTracer | None = None
         self.reporter: Reporter | None = None
         self.workloads: Workloads | None = None  # with the reporter
@@ -83,8 +111,21 @@ class Daemon:
         alive = alive and (self.api is None or self.api.serving)
         return alive and all(thread.is_alive() for thread in self._threads)
 
+    def degraded(self) -> str | None:
+        """Why the daemon, alive, may see changes late (directories without an inotify watch,
+        rescanned until they have one), or None."""
+        watcher = self.resolver.watcher
+        return None if watcher is None else watcher.degraded
+
     def run(self, stop: threading.Event) -> int:
-        http = self._start_http()
+        if self.args.socket:
+            self.claim = SocketClaim(self.args.socket).acquire()
+        try:
+            http = self._start_http()
+        except BaseException:
+            if self.claim is not None:
+                self.claim.release()
+            raise
         try:
             self._start_tracer()
             if stop.is_set():
@@ -139,7 +180,11 @@ class Daemon:
                 )
             )
         self.api = ApiServer(
-            services, self.args.socket, mode=self.args.socket_mode, owner=self.args.socket_owner
+            services,
+            self.args.socket,
+            mode=self.args.socket_mode,
+            owner=self.args.socket_owner,
+            claim=self.claim,
         )
         self.api.start()
         return service
@@ -153,6 +198,7 @@ class Daemon:
         return HttpServer(
             self.args.metrics_address,
             healthy=self.healthy,
+            degraded=self.degraded,
             ready=self.ready.is_set,
             metrics=exposition,
         ).start()
@@ -277,6 +323,8 @@ class Daemon:
         self._tracer_stop.set()
         if self.api is not None:
             self.api.stop(STOP_GRACE)
+        if self.claim is not None:
+            self.claim.release()
         for thread in self._threads:
             thread.join(5.0)
         if self.tracer is not None:

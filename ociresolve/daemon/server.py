@@ -3,8 +3,10 @@ services it is given (``Service``: the resolver's always, the deprecation report
 runs).
 
 The socket is created with mode ``mode`` (0600 by default: the API tells who runs what on the
-node) and, when asked, handed to ``owner``. A stale socket left by a killed daemon is replaced;
-one that still answers is an error (two daemons would split the node's clients).
+node) and, when asked, handed to ``owner``. The path is claimed first, with a lock held until
+the socket is removed (``SocketClaim``): a second daemon refuses to start and never touches the
+first one's socket; a stale socket left by a killed daemon is replaced; one that still answers
+is an error (two daemons would split the node's clients).
 
 Hostile clients: a connection that never completes its HTTP/2 preface is dropped after
 ``HANDSHAKE_TIMEOUT_MS``; requests are capped in size; one connection holds at most
@@ -18,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import socket
-import stat
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Final, Protocol
 
 import grpc
 
+from ociresolve.daemon.socketclaim import SocketClaim
 from ociresolve.errors import OciresolveError
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ class Service(Protocol):
 
 class ApiServer:
     """Serves ``services`` on ``socket_path`` from ``start()`` to ``stop()``, once (``stop()``
-    closes them)."""
+    closes them). ``claim``: the path's claim when taken already (``serve`` takes it before
+    its start-up); it is released on ``stop()``."""
 
     def __init__(
         self,
@@ -82,9 +83,11 @@ class ApiServer:
         *,
         mode: int = 0o600,
         owner: tuple[int, int] | None = None,
+        claim: SocketClaim | None = None,
     ) -> None:
         self.services = tuple(services)
         self.socket_path = os.path.abspath(socket_path)
+        self.claim = SocketClaim(self.socket_path) if claim is None else claim
         self.mode = mode
         self.owner = owner
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -96,12 +99,13 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         """Listen; returns once the socket accepts. Raises ``OciresolveError`` if it cannot."""
-        _clear_stale_socket(self.socket_path)
+        self.claim.acquire()
         self._thread = threading.Thread(target=self._run, name="ociresolve-api", daemon=True)
         self._thread.start()
         self._started.wait()
         if self._error is not None:
             self._thread.join()
+            self.claim.release()
             raise OciresolveError(f"cannot serve on {self.socket_path}: {self._error}")
         return self
 
@@ -110,6 +114,7 @@ class ApiServer:
         and remove the socket."""
         loop, stopping, thread = self._loop, self._stopping, self._thread
         if loop is None or stopping is None or thread is None:
+            self.claim.release()
             return
         self._grace = grace
         with contextlib.suppress(RuntimeError):  # the loop already ended
@@ -117,8 +122,8 @@ class ApiServer:
         thread.join(grace + 2.0)
         for service in self.services:
             service.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        self.claim.remove_socket()
+        self.claim.release()
 
     @property
     def serving(self) -> bool:
@@ -144,7 +149,6 @@ class ApiServer:
         for service in self.services:
             service.register(server)
         directory = os.path.dirname(self.socket_path)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
         # Bound in a private directory, given its mode and owner there, then moved into place:
         # nobody can connect before the socket is private.
         private = tempfile.mkdtemp(prefix=".ociresolve-", dir=directory)
@@ -168,26 +172,3 @@ class ApiServer:
         for service in self.services:
             service.detach()
         await server.stop(self._grace)
-
-
-def _clear_stale_socket(path: str) -> None:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:  # a file where a directory should be, no permission
-        raise OciresolveError(f"cannot serve on {path}: {exc.strerror}") from exc
-    if not stat.S_ISSOCK(info.st_mode):
-        raise OciresolveError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise OciresolveError(f"{path}: {exc.strerror}") from exc
-        os.unlink(path)  # left by a daemon that is gone
-        return
-    finally:
-        probe.close()
-    raise OciresolveError(f"another daemon is serving on {path}")

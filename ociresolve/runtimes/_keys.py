@@ -38,15 +38,22 @@ def pick(annotations: Mapping[str, Any], table: KeyTable, found: Found) -> None:
                 break
 
 
-def json_object(text: str | None) -> dict[str, Any]:
-    """Decode a JSON object stored in an annotation; anything else is an empty dict."""
+Scalar = str | int | float | bool | None
+# cri-o's blobs are flat objects (kubelet's labels, a metadata struct of strings and an attempt
+# number): decoded as such, a nested value fails at its first bracket instead of being walked,
+# however deep a tenant nested it.
+_flat_object: Final = msgspec.json.Decoder(dict[str, Scalar])
+
+
+def json_object(text: str | None) -> dict[str, Scalar]:
+    """Decode a flat JSON object stored in an annotation; anything else (another type, a
+    nested value) is an empty dict."""
     if not text:
         return {}
     try:
-        value = msgspec.json.decode(text)
-    except msgspec.DecodeError:
+        return _flat_object.decode(text)
+    except msgspec.DecodeError:  # ValidationError included
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 def setdefault_str(found: Found, field: str, value: object) -> None:
