@@ -130,16 +130,18 @@ class ApiServer:
         return self._thread is not None and self._thread.is_alive() and self._error is None
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as exc:
-            self._error = exc
-            log.error("API server failed: %s", exc)
-        finally:
-            self._started.set()
-            loop.close()
+        # The runner's close cancels and awaits what the server left running (calls cancelled
+        # when the grace ran out, still unwinding): a task left pending on a closed loop is
+        # destroyed later, mid-call, with gRPC's tracebacks on stderr.
+        with asyncio.Runner() as runner:
+            self._loop = runner.get_loop()
+            try:
+                runner.run(self._serve())
+            except BaseException as exc:
+                self._error = exc
+                log.error("API server failed: %s", exc)
+            finally:
+                self._started.set()
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()

@@ -146,6 +146,7 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
         self._streams: set[_Stream] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._detached = False
 
     @property
     def watchers(self) -> int:
@@ -160,7 +161,9 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
         self._unsubscribe = self.resolver.subscribe(self._on_change, on_lost=self._on_lost)
 
     def detach(self) -> None:
-        """End every watch stream (on the loop): the daemon is stopping."""
+        """End every watch stream (on the loop): the daemon is stopping. A watch that comes
+        after this, in the server's grace period, is refused."""
+        self._detached = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -353,6 +356,8 @@ class ResolverService(api_pb2_grpc.ResolverServicer):
     async def Watch(
         self, request: api_pb2.WatchRequest, context: Context
     ) -> AsyncIterator[api_pb2.WatchEvent]:
+        if self._detached:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is stopping")
         if len(self._streams) >= self.max_watchers:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
