@@ -199,11 +199,15 @@ def add_cri_options(parser: Parser, defaults: Defaults = BUILT_IN) -> None:
 
 # How each command uses the node daemon it is given: the help after "the ociresolve daemon's
 # socket".
-DaemonUse = Literal["ask", "resolve", "clients"]
+DaemonUse = Literal["ask", "mirror", "resolve", "clients"]
 _DAEMON_USE: Final[dict[DaemonUse, str]] = {
     # lookup, list
     "ask": f" [{SOCKET_ENV}] (default: {DEFAULT_SOCKET} when no --host-root or --runtime-root "
     "is given): ask it first; when it does not answer, scan the node once instead",
+    # enrich
+    "mirror": f" [{SOCKET_ENV}] (default: {DEFAULT_SOCKET} when no --host-root or --runtime-root "
+    "is given): resolve through a local copy of its index; when it does not answer, index the "
+    "node in this process instead",
     # trace connect
     "resolve": ": resolve through the daemon (a local copy of its index) instead of indexing "
     "the node in this process (default: index the node in this process)",
@@ -214,7 +218,7 @@ _DAEMON_USE: Final[dict[DaemonUse, str]] = {
 
 def add_daemon_options(parser: Parser, use: DaemonUse) -> None:
     """``--daemon-socket`` (attribute ``daemon_socket``, ``None`` when not given); with
-    ``ask``, also ``--no-daemon``."""
+    ``ask`` or ``mirror``, also ``--no-daemon``."""
     parser.add_argument(
         "--daemon-socket",
         metavar="PATH",
@@ -223,6 +227,10 @@ def add_daemon_options(parser: Parser, use: DaemonUse) -> None:
     if use == "ask":
         parser.add_argument(
             "--no-daemon", action="store_true", help="scan the node once, never ask the daemon"
+        )
+    elif use == "mirror":
+        parser.add_argument(
+            "--no-daemon", action="store_true", help="index the node here, never ask the daemon"
         )
 
 

@@ -1,9 +1,9 @@
 """The ``ociresolve`` command: parse arguments, call the public API, print.
 
-One module per command group: ``bundles`` (inspect), ``lookup`` (lookup, list), ``serve``,
-``trace`` (trace connect), ``deprecations`` (deprecations, report-deprecations). The options
-several commands share are ``ociresolve.options``' groups. Only argparse and the public API are
-imported here: each command imports what it runs with (grpc, BCC) when it runs.
+One module per command group: ``bundles`` (inspect), ``lookup`` (lookup, list), ``enrich``,
+``serve``, ``trace`` (trace connect), ``deprecations`` (deprecations, report-deprecations). The
+options several commands share are ``ociresolve.options``' groups. Only argparse and the public
+API are imported here: each command imports what it runs with (grpc, BCC) when it runs.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ociresolve.cli import bundles, deprecations, lookup, serve, trace
+from ociresolve.cli import bundles, deprecations, enrich, lookup, serve, trace
 from ociresolve.cli._common import EXIT_OK
 
 
@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     bundles.add_commands(commands)
     lookup.add_commands(commands)
+    enrich.add_commands(commands)
     serve.add_commands(commands)
     trace.add_commands(commands)
     deprecations.add_commands(commands)
