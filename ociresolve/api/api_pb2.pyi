@@ -4,8 +4,8 @@ isort:skip_file
 The ociresolve node daemon's local API (`ociresolve serve`), served on a unix socket
 (default /run/ociresolve/ociresolve.sock, mode 0600).
 
-Tracers in any language generate a client from this file, e.g. for Go:
-  protoc --go_out=. --go-grpc_out=. ociresolve/api/api.proto
+Tracers in any language generate a client from this file; examples/go/build does so for
+Go (protoc with protoc-gen-go and protoc-gen-go-grpc, at build time).
 
 Two services: Resolver, always served, and Deprecations, served only by a daemon that
 reports deprecations (`--report-deprecations`); another daemon answers its calls with
@@ -44,7 +44,9 @@ class LookupRequest(_message.Message):
     cgroup_id: _builtins.int
     """bpf_get_current_cgroup_id(): the inode of the process's cgroup v2 directory."""
     container_id: _builtins.str
-    """The runtime's full container (or sandbox) id."""
+    """The runtime's full container (or sandbox) id: 64 lower-case hex digits, anything else
+    is INVALID_ARGUMENT.
+    """
     explain: _builtins.bool
     """Also report each step tried, with its timing."""
     def __init__(

@@ -82,7 +82,8 @@ class ResolverServicer:
 
     def Watch(self, request, context):
         """The current set (ADDED events, then one SYNCED), then every change as it happens. A
-        client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
+        client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED, and every stream
+        ends with ABORTED when the daemon's own feed fell behind: watch again (to re-sync).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

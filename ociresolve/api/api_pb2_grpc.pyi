@@ -4,8 +4,8 @@ isort:skip_file
 The ociresolve node daemon's local API (`ociresolve serve`), served on a unix socket
 (default /run/ociresolve/ociresolve.sock, mode 0600).
 
-Tracers in any language generate a client from this file, e.g. for Go:
-  protoc --go_out=. --go-grpc_out=. ociresolve/api/api.proto
+Tracers in any language generate a client from this file; examples/go/build does so for
+Go (protoc with protoc-gen-go and protoc-gen-go-grpc, at build time).
 
 Two services: Resolver, always served, and Deprecations, served only by a daemon that
 reports deprecations (`--report-deprecations`); another daemon answers its calls with
@@ -51,7 +51,8 @@ class ResolverStub:
     """Every container the daemon knows."""
     Watch: _grpc.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchEvent]
     """The current set (ADDED events, then one SYNCED), then every change as it happens. A
-    client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
+    client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED, and every stream
+    ends with ABORTED when the daemon's own feed fell behind: watch again (to re-sync).
     """
 
 @_typing.type_check_only
@@ -65,7 +66,8 @@ class ResolverAsyncStub(ResolverStub):
     """Every container the daemon knows."""
     Watch: _aio.UnaryStreamMultiCallable[_api_pb2.WatchRequest, _api_pb2.WatchEvent]  # type: ignore[assignment]
     """The current set (ADDED events, then one SYNCED), then every change as it happens. A
-    client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
+    client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED, and every stream
+    ends with ABORTED when the daemon's own feed fell behind: watch again (to re-sync).
     """
 
 class ResolverServicer(metaclass=_abc_1.ABCMeta):
@@ -100,7 +102,8 @@ class ResolverServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_api_pb2.WatchEvent], _abc.AsyncIterator[_api_pb2.WatchEvent]]:
         """The current set (ADDED events, then one SYNCED), then every change as it happens. A
-        client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED: watch again.
+        client too slow to keep up has its stream ended with RESOURCE_EXHAUSTED, and every stream
+        ends with ABORTED when the daemon's own feed fell behind: watch again (to re-sync).
         """
 
 def add_ResolverServicer_to_server(servicer: ResolverServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
