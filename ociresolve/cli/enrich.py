@@ -26,8 +26,11 @@ A line is passed through unchanged when it cannot be read (not JSON, not logfmt,
 match), names neither key, gives a key twice, or holds a value that is not a pid or cgroup id.
 At the end (end of input, SIGINT, SIGTERM) one line on stderr counts the lines of each kind.
 
-  bpftrace -B line -e 'tracepoint:syscalls:sys_enter_connect {
-      printf("%d %llu %s\\n", pid, cgroup, comm); }' |
+The tool must print nothing a process chose before the keys, and no name's newline raw:
+bpftrace's %s does (a process named "x\\n1 4242 " prints a line "1 4242 " of its own). The
+bpftrace program in examples/bpftrace/ prints such names escaped:
+
+  bpftrace -B line examples/bpftrace/containerd-connect.bt |
     ociresolve enrich --regex '^(?P<pid>\\d+) (?P<cgroup_id>\\d+) '
 """
 
@@ -51,7 +54,7 @@ def add_commands(commands: Commands) -> None:
         "--regex",
         metavar="REGEX",
         help="the lines are text: REGEX's named groups pid and/or cgroup_id hold the keys "
-        "(anchor it, before anything a process names, e.g. '^(?P<pid>\\d+) ')",
+        "(anchor it, before anything a process names, e.g. '^(?P<pid>\\d+) '; see below)",
     )
     enrich.add_argument(
         "--pid-field",

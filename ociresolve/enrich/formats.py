@@ -200,7 +200,7 @@ class LogfmtFormat:
     def add(self, line: bytes, fields: Fields) -> bytes:
         if not fields:
             return line
-        return line.rstrip() + b" " + logfmt_line(fields).encode()
+        return line + b" " + logfmt_line(fields).encode()
 
 
 def _unquote(value: bytes) -> bytes:
@@ -244,4 +244,4 @@ class TextFormat:
     def add(self, line: bytes, fields: Fields) -> bytes:
         if not fields:
             return line
-        return line.rstrip() + b" " + logfmt_line(fields).encode()
+        return line + b" " + logfmt_line(fields).encode()

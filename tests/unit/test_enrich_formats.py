@@ -178,8 +178,16 @@ def test_logfmt_lines_it_does_not_read(line: bytes, reason: str) -> None:
 def test_logfmt_fields_are_appended_escaped() -> None:
     form = LogfmtFormat("tgid", "cg")
     assert form.keys(b"tgid=5 cg=6 pid=9") == Keys(5, 6)
-    out = form.add(b"tgid=5 cg=6 ", [("k8s_pod", "web"), ("k8s_container", 'a b"\nc=1')])
+    out = form.add(b"tgid=5 cg=6", [("k8s_pod", "web"), ("k8s_container", 'a b"\nc=1')])
     assert out == b'tgid=5 cg=6 k8s_pod=web k8s_container="a b\\"\\nc=1"'
+
+
+def test_the_lines_own_text_is_kept_to_its_last_byte() -> None:
+    """A name ending in spaces keeps them: the fields come after one more space."""
+    assert TextFormat(BPFTRACE).add(b"42 7 name  ", FIELDS[1:2]) == b"42 7 name   k8s_pod=web-5d9f7"
+    assert (
+        LogfmtFormat().add(b'pid=1 comm="a "', FIELDS[1:2]) == b'pid=1 comm="a " k8s_pod=web-5d9f7'
+    )
 
 
 # -- text --------------------------------------------------------------------------------------
