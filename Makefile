@@ -53,6 +53,7 @@ bench: venv
 	else echo "not root: skipping bench/index.py, cri.py, tracer.py and activity.py (containerd, BPF)"; fi
 	$(PY) bench/daemon.py
 	$(PY) bench/abuse.py
+	$(PY) bench/enrich.py
 
 proto: venv
 	PYTHON=$(PY) scripts/gen-proto

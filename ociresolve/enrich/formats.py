@@ -15,6 +15,7 @@ the user's; the documented ones are anchored at the start, before any name.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from ociresolve.render import json_line, logfmt_line
 CGROUP_ID_MAX: Final = 2**64 - 1
 # A longer line is passed through unread: events are a few hundred bytes.
 LINE_MAX: Final = 64 * 1024
+# Rendered fields kept (one entry per container seen; cleared beyond).
+_CACHED: Final = 4096
 
 Fields = Sequence[tuple[str, str]]
 
@@ -67,6 +70,12 @@ class Format(Protocol):
 def _number(value: object, maximum: int) -> int | None:
     """A key's value as a number in 1..maximum; ``None`` when absent (JSON null, empty, or 0,
     which tools print for none: the pid of an interrupt, no cgroup)."""
+    if type(value) is int:  # the usual case (JSON): no bool, no string
+        if 0 < value <= maximum:
+            return value
+        if value == 0:
+            return None
+        raise Unreadable(OUT_OF_RANGE)
     if value is None or value in ("", b"", 0, "0", b"0"):
         return None
     if isinstance(value, bool):
@@ -114,6 +123,11 @@ class JsonFormat:
         # once (a string value holding it has its quotes escaped); seen more, check properly.
         self._quoted = tuple(json.dumps(name).encode() for name in sorted(names))
         self._names = frozenset(names)
+        # Keys at the top level (the usual case): one dict.get each.
+        self._flat = all(len(path) <= 1 for path in self.paths)
+        self._top = tuple(path[0] if path else "" for path in self.paths)
+        # Per fields added: their names as JSON strings, and the bytes that add them.
+        self._suffixes: dict[Fields, tuple[tuple[bytes, ...], bytes]] = {}
 
     def keys(self, line: bytes) -> Keys:
         try:
@@ -122,8 +136,16 @@ class JsonFormat:
             raise Unreadable(NOT_PARSED) from None
         if not isinstance(event, dict):
             raise Unreadable(NOT_PARSED)
-        if any(line.count(quoted) > 1 for quoted in self._quoted):
-            self._check_unique(line)
+        for quoted in self._quoted:
+            if line.count(quoted) > 1:
+                self._check_unique(line)
+                break
+        if self._flat:
+            pid_key, cgroup_key = self._top
+            return _keys(
+                event.get(pid_key) if pid_key else None,
+                event.get(cgroup_key) if cgroup_key else None,
+            )
         return _keys(*(_at(event, path) for path in self.paths))
 
     def _check_unique(self, line: bytes) -> None:
@@ -145,13 +167,24 @@ class JsonFormat:
     def add(self, line: bytes, fields: Fields) -> bytes:
         if not fields:
             return line
-        if any(b'"' + name.encode() + b'"' in line for name, _ in fields):
-            event = _decode(line)
-            event.update(fields)
-            return json_line(event).encode()
+        key = fields if isinstance(fields, tuple) else tuple(fields)
+        cached = self._suffixes.get(key)
+        if cached is None:
+            if len(self._suffixes) > _CACHED:
+                self._suffixes.clear()
+            names = tuple(json.dumps(name).encode() for name, _ in fields)
+            added = json_line(dict(fields))[1:].encode()  # '"name":"value",...}'
+            cached = self._suffixes[key] = (names, added)
+        names, added = cached
+        for name in names:
+            if name in line:  # a key of the line's own, or text in a value: look properly
+                event = _decode(line)
+                if any(field in event for field, _ in fields):
+                    event.update(fields)
+                    return json_line(event).encode()
+                break
         body = line.rstrip()[:-1].rstrip()  # up to the closing brace
-        added = json_line(dict(fields))[1:]  # '"name":"value",...}'
-        return body + (b"" if body.endswith(b"{") else b",") + added.encode()
+        return body + (b"" if body.endswith(b"{") else b",") + added
 
 
 def _at(event: dict[str, object], path: tuple[str, ...]) -> object:
@@ -168,6 +201,8 @@ def _at(event: dict[str, object], path: tuple[str, ...]) -> object:
 # One key=value pair (or a bare key) after optional spaces: a value is bare (no space, no
 # quote) or quoted with backslash escapes.
 _PAIR: Final = re.compile(rb'[ \t]*([^\s="]+)(?:=("(?:[^"\\]|\\.)*"|[^\s"]*))?[ \t]*')
+# What only the full parse reads right: a quote, or whitespace other than space and tab.
+_QUOTE_OR_BREAK: Final = re.compile(rb'["\r\n\v\f]')
 
 
 class LogfmtFormat:
@@ -178,10 +213,39 @@ class LogfmtFormat:
     def __init__(self, pid_key: str = "pid", cgroup_key: str = "cgroup_id") -> None:
         self.wanted = tuple(key.encode() for key in (pid_key, cgroup_key))
         self._probes = tuple(key + b"=" for key in self.wanted if key)
+        # In a line padded with spaces (the plain lines' fast path): how each key starts a pair
+        # with a value (None: no such key), and how one stands alone.
+        self._given = tuple(b" " + key + b"=" if key else None for key in self.wanted)
+        self._alone = tuple(b" " + key + b" " for key in self.wanted if key)
 
     def keys(self, line: bytes) -> Keys:
         if not any(probe in line for probe in self._probes):
             raise Unreadable(NO_KEY)
+        if _QUOTE_OR_BREAK.search(line) is None:
+            padded = b" " + line.replace(b"\t", b" ") + b" "
+            if not any(alone in padded for alone in self._alone):
+                return self._plain_keys(padded)
+        return self._parsed_keys(line)
+
+    def _plain_keys(self, padded: bytes) -> Keys:
+        """A line with no quote and no whitespace but spaces (tabs made spaces), in which no
+        wanted key stands alone: every pair is a run of bytes between spaces, so a key is where
+        " key=" is (what the full parse reads, found with bytes methods)."""
+        if b" =" in padded:  # a pair with no key
+            raise Unreadable(NOT_PARSED)
+        values: list[bytes | None] = []
+        for given in self._given:
+            count = 0 if given is None else padded.count(given)
+            if count > 1:
+                raise Unreadable(AMBIGUOUS)
+            if given is not None and count:
+                start = padded.index(given) + len(given)
+                values.append(padded[start : padded.index(b" ", start)])
+            else:
+                values.append(None)
+        return _keys(*values)
+
+    def _parsed_keys(self, line: bytes) -> Keys:
         found: dict[bytes, bytes] = {}
         position, end = 0, len(line)
         while position < end:
@@ -200,7 +264,13 @@ class LogfmtFormat:
     def add(self, line: bytes, fields: Fields) -> bytes:
         if not fields:
             return line
-        return line + b" " + logfmt_line(fields).encode()
+        return line + _logfmt_pairs(fields if isinstance(fields, tuple) else tuple(fields))
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _logfmt_pairs(fields: tuple[tuple[str, str], ...]) -> bytes:
+    """`` key=value ...``: the pairs appended to a logfmt or text line."""
+    return b" " + logfmt_line(fields).encode()
 
 
 def _unquote(value: bytes) -> bytes:
@@ -244,4 +314,4 @@ class TextFormat:
     def add(self, line: bytes, fields: Fields) -> bytes:
         if not fields:
             return line
-        return line + b" " + logfmt_line(fields).encode()
+        return line + _logfmt_pairs(fields if isinstance(fields, tuple) else tuple(fields))

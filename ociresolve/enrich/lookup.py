@@ -21,6 +21,9 @@ from ociresolve.render import short_id
 
 # The fields added to an enriched line, after the prefix.
 FIELDS: Final = ("namespace", "pod", "container", "container_id")
+_CACHED: Final = 4096  # fields kept, per container record seen
+
+Fields = tuple[tuple[str, str], ...]
 
 
 class Resolving(Protocol):
@@ -45,23 +48,34 @@ class Lookup:
         self.names = tuple(prefix + name for name in FIELDS)
         self.mismatches = 0  # a pid now in another container than the line's cgroup id
         self._pids: dict[tuple[int, int | None], ContainerMeta | None] = {}
+        # id(record) -> (the record, held so that its id is not reused; its fields)
+        self._fields: dict[int, tuple[ContainerMeta, Fields]] = {}
 
     def new_batch(self) -> None:
         self._pids.clear()
 
-    def fields(self, pid: int | None, cgroup_id: int | None) -> list[tuple[str, str]]:
+    def fields(self, pid: int | None, cgroup_id: int | None) -> Fields:
         meta = None if cgroup_id is None else self.resolver.lookup_cgroup_id(cgroup_id)
         if meta is None and pid is not None:
             meta = self._by_pid(pid, cgroup_id)
         if meta is None:
-            return []
+            return ()
+        cached = self._fields.get(id(meta))
+        if cached is not None and cached[0] is meta:
+            return cached[1]
         values = (
             meta.pod_namespace,
             meta.pod_name,
             meta.container_name,
             short_id(meta.container_id),
         )
-        return [(name, value) for name, value in zip(self.names, values, strict=True) if value]
+        fields = tuple(
+            (name, value) for name, value in zip(self.names, values, strict=True) if value
+        )
+        if len(self._fields) > _CACHED:
+            self._fields.clear()
+        self._fields[id(meta)] = (meta, fields)
+        return fields
 
     def _by_pid(self, pid: int, cgroup_id: int | None) -> ContainerMeta | None:
         key = (pid, cgroup_id)

@@ -5,8 +5,11 @@ lines in which a process's own name spells a second key."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ociresolve.enrich.formats import (
     AMBIGUOUS,
@@ -127,6 +130,12 @@ def test_json_fields_are_added_without_rewriting_the_line() -> None:
     assert JsonFormat().add(b'{"pid": 1} ', FIELDS[:1]) == b'{"pid": 1,"k8s_namespace":"shop"}'
 
 
+def test_json_a_field_name_in_a_value_does_not_rewrite_the_line() -> None:
+    """A process named k8s_pod: its line keeps its own formatting (1.50 stays 1.50)."""
+    line = b'{"time": 1.50, "pid": 42, "comm": "k8s_pod"}'
+    assert JsonFormat().add(line, FIELDS).startswith(line[:-1] + b',"k8s_namespace"')
+
+
 def test_json_fields_replace_the_lines_own() -> None:
     out = JsonFormat().add(b'{"pid": 42, "k8s_pod": "forged"}', FIELDS)
     assert json.loads(out)["k8s_pod"] == "web-5d9f7"
@@ -217,3 +226,24 @@ def test_text_non_utf8_lines_are_read_as_bytes() -> None:
 def test_text_bad_patterns_are_refused(pattern: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TextFormat(pattern)
+
+
+# The plain lines' fast path reads what the full parse reads: keys, or no keys (a line passed
+# through; its count may differ, NOT_PARSED for AMBIGUOUS, when it is both).
+_LOGFMT_BYTES = st.sampled_from(
+    [b" ", b"\t", b"=", b"pid", b"cgroup_id", b"p", b"id", b"1", b"42", b"0", b"x", b"-", b"\\"]
+)
+
+
+def _outcome(read: Callable[[], Keys]) -> Keys | str:
+    try:
+        return read()
+    except Unreadable:
+        return "passed"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_LOGFMT_BYTES, max_size=24).map(b"".join))
+def test_logfmt_fast_path_reads_what_the_parse_reads(line: bytes) -> None:
+    form = LogfmtFormat()
+    assert _outcome(lambda: form.keys(line)) == _outcome(lambda: form._parsed_keys(line))

@@ -11,14 +11,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonfakes import APP_PID, FOREIGN_PID, HOST_PID, MISSING_PID, Node, make_node, serving
-from fakehost import FakeHost
+from daemonfakes import APP_PID, FOREIGN_PID, HOST_PID, MISSING_PID, Node
 
-from ociresolve import ProcessNotFound, Resolver
+from ociresolve import ProcessNotFound
+from ociresolve.daemon.server import ApiServer
 from ociresolve.enrich.formats import LINE_MAX, JsonFormat, TextFormat
 from ociresolve.enrich.lookup import Lookup
 from ociresolve.enrich.stream import Enricher
@@ -91,8 +90,8 @@ APP_FIELDS = [
 def test_the_cgroup_id_comes_first_and_names_an_exited_process() -> None:
     resolver = FakeResolver()
     lookup = Lookup(resolver)
-    assert lookup.fields(None, APP_CGROUP) == APP_FIELDS
-    assert lookup.fields(99, APP_CGROUP) == APP_FIELDS  # pid 99 has exited
+    assert list(lookup.fields(None, APP_CGROUP)) == APP_FIELDS
+    assert list(lookup.fields(99, APP_CGROUP)) == APP_FIELDS  # pid 99 has exited
     assert resolver.cgroup_reads == 0
 
 
@@ -100,13 +99,13 @@ def test_the_pid_answers_when_the_cgroup_id_names_nothing() -> None:
     resolver = FakeResolver()
     resolver.pids = {10: APP_ID, 11: None}
     lookup = Lookup(resolver, prefix="")
-    assert lookup.fields(10, None) == [(n.removeprefix("k8s_"), v) for n, v in APP_FIELDS]
-    assert lookup.fields(11, None) == []  # a host process
-    assert lookup.fields(12, None) == []  # exited, no cgroup id on the line
-    assert lookup.fields(None, HOST_CGROUP) == []
+    assert list(lookup.fields(10, None)) == [(n.removeprefix("k8s_"), v) for n, v in APP_FIELDS]
+    assert lookup.fields(11, None) == ()  # a host process
+    assert lookup.fields(12, None) == ()  # exited, no cgroup id on the line
+    assert lookup.fields(None, HOST_CGROUP) == ()
     resolver.records[APP_ID] = None  # a cgroup v1 node: no container has a cgroup v2 id
     lookup.new_batch()
-    assert lookup.fields(10, 555) == lookup.fields(10, None) != []
+    assert lookup.fields(10, 555) == lookup.fields(10, None) != ()
     assert lookup.mismatches == 0
 
 
@@ -116,12 +115,12 @@ def test_a_reused_pid_is_not_taken_for_the_lines_cgroup() -> None:
     resolver = FakeResolver()
     resolver.pids = {10: APP_ID}
     lookup = Lookup(resolver)
-    assert lookup.fields(10, 555) == []
+    assert lookup.fields(10, 555) == ()
     assert lookup.mismatches == 1
 
 
 def test_a_sandbox_has_no_container_field() -> None:
-    assert Lookup(FakeResolver()).fields(None, OTHER_CGROUP) == [
+    assert list(Lookup(FakeResolver()).fields(None, OTHER_CGROUP)) == [
         ("k8s_namespace", "data"),
         ("k8s_pod", "db-0"),
         ("k8s_container_id", OTHER_ID[:12]),
@@ -196,11 +195,6 @@ def test_a_line_longer_than_the_limit_passes_through_as_it_comes() -> None:
 # -- the command -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
-
-
 def enrich(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "ociresolve", "enrich", *args],
@@ -247,13 +241,9 @@ def test_the_command_on_its_own_index(node: Node) -> None:
     )
 
 
-def test_the_command_through_the_daemon(node: Node, sockets: Path) -> None:
-    with (
-        Resolver(host_root=str(node.host.root), runtime_roots=node.roots, cri=False) as resolver,
-        serving(resolver, sockets / "api.sock") as server,
-    ):
-        process = enrich("--daemon-socket", server.socket_path, "--host-root", str(node.host.root))
-        out, err = process.communicate(lines_for(node), timeout=30)
+def test_the_command_through_the_daemon(node: Node, server: ApiServer) -> None:
+    process = enrich("--daemon-socket", server.socket_path, "--host-root", str(node.host.root))
+    out, err = process.communicate(lines_for(node), timeout=30)
     assert process.returncode == 0, err
     check_node_lines(out)
     assert err.decode().startswith("ociresolve enrich: resolving through the daemon at ")
@@ -320,11 +310,3 @@ def test_bad_options_exit_2(node: Node, args: list[str], message: str) -> None:
     _, err = process.communicate(b"", timeout=30)
     assert process.returncode == 2
     assert message in err.decode()
-
-
-@pytest.fixture
-def sockets(tmp_path: Path) -> Iterator[Path]:
-    from daemonfakes import socket_dir
-
-    with socket_dir(tmp_path) as directory:
-        yield directory
