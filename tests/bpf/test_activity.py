@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from probe_events import collect
 
 from ociresolve.tracer import probe as probe_module
 from ociresolve.tracer.events import ConnectEvent
@@ -75,19 +75,6 @@ Seen = list[tuple[str, int]]
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short private directory for socket paths (sun_path holds 107 bytes)."""
-    directory = Path("/tmp") / f"ociact-{uuid.uuid4().hex[:8]}"
-    directory.mkdir()
-    try:
-        yield directory
-    finally:
-        for path in directory.iterdir():
-            path.unlink()
-        directory.rmdir()
-
-
-@pytest.fixture
 def listener(sock_dir: Path) -> Iterator[str]:
     """A listening unix socket (never accepting: the clients' small sends wait in its queue)."""
     path = str(sock_dir / "ctrd.sock")
@@ -95,19 +82,6 @@ def listener(sock_dir: Path) -> Iterator[str]:
         server.bind(path)
         server.listen(16)
         yield path
-
-
-def collect(
-    probe: ConnectProbe, until: Callable[[list[ConnectEvent]], bool], timeout: float = 5.0
-) -> list[ConnectEvent]:
-    """Polls until ``until(events)`` holds (or the timeout); every event seen."""
-    events: list[ConnectEvent] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events.extend(probe.poll(5))
-        if until(events):
-            break
-    return events
 
 
 def exited(pid: int) -> Callable[[list[ConnectEvent]], bool]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from probe_events import collect, settle
 
 from ociresolve.tracer.events import ConnectEvent
 from ociresolve.tracer.probe import ConnectProbe
@@ -49,19 +50,6 @@ Kinds = list[tuple[str, int]]
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short private directory for socket paths (sun_path holds 107 bytes)."""
-    directory = Path("/tmp") / f"ocilife-{uuid.uuid4().hex[:8]}"
-    directory.mkdir()
-    try:
-        yield directory
-    finally:
-        for path in directory.iterdir():
-            path.unlink()
-        directory.rmdir()
-
-
-@pytest.fixture
 def listener(sock_dir: Path) -> Iterator[tuple[socket.socket, str]]:
     """A listening unix socket in ``sock_dir`` (accepting is left to the test)."""
     path = str(sock_dir / "ctrd.sock")
@@ -72,24 +60,6 @@ def listener(sock_dir: Path) -> Iterator[tuple[socket.socket, str]]:
         yield server, path
     finally:
         server.close()
-
-
-def collect(
-    probe: ConnectProbe, until: Callable[[list[ConnectEvent]], bool], timeout: float = 5.0
-) -> list[ConnectEvent]:
-    """Polls until ``until(events)`` holds (or the timeout); every event seen."""
-    events: list[ConnectEvent] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events.extend(probe.poll(5))
-        if until(events):
-            break
-    return events
-
-
-def settle(probe: ConnectProbe, seconds: float = 0.3) -> list[ConnectEvent]:
-    """Every event that arrives within ``seconds`` (for checking that none comes)."""
-    return collect(probe, lambda _events: False, timeout=seconds)
 
 
 def of(events: list[ConnectEvent], tgid: int) -> Kinds:

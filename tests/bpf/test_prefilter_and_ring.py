@@ -6,12 +6,11 @@ import ctypes
 import os
 import socket
 import struct
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_probe import collect, connect_unix, run_storm
+from probe_events import collect
+from test_probe import connect_unix, run_storm
 
 from ociresolve.tracer import _ringbuf
 from ociresolve.tracer.events import ConnectEvent
@@ -20,14 +19,6 @@ from ociresolve.tracer.probe import ConnectProbe
 bpf = pytest.mark.bpf
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    directory = Path("/tmp") / f"ocipre-{uuid.uuid4().hex[:8]}"
-    directory.mkdir()
-    yield directory
-    directory.rmdir()
 
 
 def raw_connect(family: socket.AddressFamily, kind: int, sockaddr: bytes, addrlen: int) -> None:

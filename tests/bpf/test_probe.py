@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness.cgroups import cgroup_mounts
+from probe_events import collect
 
 from ociresolve.tracer.errors import TracerUnavailable
 from ociresolve.tracer.events import ConnectEvent
@@ -59,21 +60,6 @@ def spawn_connect(path: str | Path, *, comm: str = "", cgroup: Path | None = Non
     return proc.pid
 
 
-def collect(
-    probe: ConnectProbe,
-    until: Callable[[list[ConnectEvent]], bool],
-    timeout: float = 5.0,
-) -> list[ConnectEvent]:
-    """Polls until ``until(events)`` holds (or the timeout); returns every event seen."""
-    events: list[ConnectEvent] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events.extend(probe.poll(5))
-        if until(events):
-            break
-    return events
-
-
 def with_address(address: str) -> Callable[[list[ConnectEvent]], bool]:
     return lambda events: any(e.address == address for e in events)
 
@@ -85,15 +71,6 @@ def cgroup2_dir_of(pid: int | str = "self") -> Path:
         if line.startswith("0::"):
             return mount / line[3:].lstrip("/")
     raise AssertionError(f"no cgroup v2 line for {pid}")
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short directory for socket paths (sun_path holds 107 bytes)."""
-    directory = Path("/tmp") / f"ocibpf-{uuid.uuid4().hex[:8]}"
-    directory.mkdir()
-    yield directory
-    directory.rmdir()
 
 
 @pytest.fixture

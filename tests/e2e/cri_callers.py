@@ -1,41 +1,33 @@
 """CRI clients for the deprecation tests, run in containers of the ociresolve image (python3 and
-grpcio inside) against the real containerd socket, bind-mounted; and what the tests read back.
+grpcio inside) against the real containerd socket, bind-mounted; and the calls they made.
 
 Three kinds of caller, each writing one JSON line per call (its number, the times just before and
 just after it, what the runtime answered):
 
 - ``caller``: a new channel (a new connection) per call, as ``crictl`` does;
-- ``persistent_caller``: one channel opened before the first call and kept, as node agents do;
-- ``raw_caller``: one process whose main thread names itself (``comm``) and speaks HTTP/2 itself
-  over a socket it connects from that thread, so that the connect and every send carry that name
-  (gRPC's own threads rename themselves): a tenant calling itself ``crictl``.
+- ``persistent_caller(caller(...))``: the same calls through one channel opened before the first
+  call and kept, as node agents do;
+- ``raw_caller(caller(...))``: the same calls from one process whose main thread names itself
+  (``comm``) and speaks HTTP/2 itself over a socket it connects from that thread, so that the
+  connect and every send carry that name (gRPC's own threads rename themselves): a tenant calling
+  itself ``crictl``.
 """
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from harness import Containerd, ContainerSpec, DaemonProcess, Pod
-from harness.introspection import parse_logfmt
-from harness.ociresolve_image import REPO
+from harness import Containerd, ContainerSpec, Pod
 
 IN_CONTAINER = "/run/containerd/containerd.sock"  # the socket dir, bind-mounted
-OPENED = "containerd socket connection opened"
-OCCURRENCE = "found CRI v1alpha2 API deprecation warning"
-CLIENT = "deprecated API client"
-RETRYING = "cannot read containerd's deprecation warnings; retrying"
-NEEDS_1_7 = "has no deprecation warnings; they need containerd >= 1.7"
 UNIMPLEMENTED = "UNIMPLEMENTED"
 V1ALPHA2_VERSION = "/runtime.v1alpha2.RuntimeService/Version"
 V1_VERSION = "/runtime.v1.RuntimeService/Version"
+VERSION_PATHS = {"v1alpha2": V1ALPHA2_VERSION, "v1": V1_VERSION}  # by the CRI API version
 TIMEOUT = 20.0
 
 # A CRI caller, run by python3 in the ociresolve image: CALLS calls of PATH, the k-th at
@@ -131,27 +123,6 @@ def wait(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -
         time.sleep(0.02)
 
 
-def ociresolve(
-    containerd: Containerd, *args: str, timeout: float = 30.0
-) -> subprocess.CompletedProcess[str]:
-    """``ociresolve ARGS``, run where containerd runs."""
-    return subprocess.run(
-        containerd.command([sys.executable, "-m", "ociresolve", *args], REPO),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def rfc3339_ns(text: str) -> int:
-    """ns since the epoch of an RFC 3339 UTC time with up to 9 decimals (Go's RFC3339Nano)."""
-    whole, _, fraction = text.rstrip("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0") or 0)
-
-
 def wait_for_calls(containerd: Containerd, pod: Pod, container: str, calls: int) -> list[dict]:
     """The caller's ``calls`` JSON lines (``"call"`` lines only), waiting for them; fails if
     the caller fails or takes much longer than its schedule allows."""
@@ -167,51 +138,6 @@ def wait_for_calls(containerd: Containerd, pod: Pod, container: str, calls: int)
         if status.exit_code != 0:
             pytest.fail(f"the client failed:\n{log_of(pod, container)}")
         time.sleep(0.05)
-
-
-def assert_recorded(occurrences: list[dict[str, str]], calls: list[dict]) -> None:
-    """Each occurrence the daemon reported carries containerd's own lastOccurrence: the moment
-    containerd got one of the client's calls, between the call's start and its answer."""
-    assert len(occurrences) == len(calls), (occurrences, calls)
-    for occurrence, call in zip(occurrences, calls, strict=True):
-        seen = rfc3339_ns(occurrence["lastOccurrence"])
-        assert call["before"] <= seen <= call["after"], (occurrence, call)
-
-
-def reporting_daemon(
-    containerd: Containerd, socket_dir: Path, introspection: str | None = None
-) -> DaemonProcess:
-    """``serve --report-deprecations --trace-connect``, the occurrences read from containerd's
-    own deprecation service (or from ``introspection``, a stand-in's socket)."""
-    return DaemonProcess(
-        socket_dir / "ociresolve.sock",
-        [
-            "--runtime-root",
-            str(containerd.state_dir),
-            "--cri-socket",
-            str(containerd.socket),
-            "--trace-connect",
-            "--trace-socket",
-            str(containerd.socket),
-            "--trace-socket",
-            IN_CONTAINER,
-            "--trace-summary-interval",
-            "0",
-            "--report-deprecations",
-            "--containerd-socket",
-            introspection or str(containerd.socket),
-            "--deprecations-interval",
-            "0.5",
-        ],
-        enter=containerd.command,
-    )
-
-
-def new_occurrences(daemon: DaemonProcess) -> list[dict[str, str]]:
-    """The daemon's occurrence lines so far, without the one for a warning already there when
-    it started (earlier tests' calls on the same containerd)."""
-    rows = [parse_logfmt(line) for line in list(daemon.lines)]
-    return [r for r in rows if r.get("msg") == OCCURRENCE and "existing" not in r]
 
 
 # A CRI caller that opens ONE channel (one connection) at START_NS + OPEN_PHASE, says so (a JSON
@@ -250,35 +176,11 @@ channel.close()
 
 
 def persistent_caller(
-    containerd: Containerd,
-    image: str,
-    name: str,
-    *,
-    path: str,
-    version: str,
-    start_ns: int,
-    period: float,
-    calls: int,
-    open_phase: float,
-    phase: float = 0.0,
-    hold: float = 3.0,
+    spec: ContainerSpec, *, open_phase: float, hold: float = 3.0
 ) -> ContainerSpec:
-    spec = caller(
-        containerd,
-        image,
-        name,
-        path=path,
-        version=version,
-        start_ns=start_ns,
-        period=period,
-        phase=phase,
-        calls=calls,
-    )
-    return dataclasses.replace(
-        spec,
-        command=["python3", "-c", PERSISTENT_CALLER],
-        env={**spec.env, "OPEN_PHASE": str(open_phase), "HOLD": str(hold)},
-    )
+    """``spec``, a ``caller``, making its calls through one channel opened at START_NS +
+    ``open_phase`` and kept ``hold`` seconds after the last call."""
+    return _running(spec, PERSISTENT_CALLER, OPEN_PHASE=str(open_phase), HOLD=str(hold))
 
 
 # A CRI caller whose main thread names itself COMM and then, without gRPC's library (its threads
@@ -365,40 +267,27 @@ if keep:
 
 
 def raw_caller(
-    containerd: Containerd,
-    image: str,
-    name: str,
+    spec: ContainerSpec,
     *,
     comm: str,
-    path: str,
-    version: str,
-    start_ns: int,
-    period: float,
-    calls: int,
-    phase: float = 0.0,
     keep: bool = False,
     open_phase: float = 0.0,
     hold: float = 3.0,
 ) -> ContainerSpec:
-    spec = caller(
-        containerd,
-        image,
-        name,
-        path=path,
-        version=version,
-        start_ns=start_ns,
-        period=period,
-        phase=phase,
-        calls=calls,
-    )
-    return dataclasses.replace(
+    """``spec``, a ``caller``, making its calls from a main thread named ``comm``: a new
+    connection per call, or with ``keep`` one opened at START_NS + ``open_phase`` and kept
+    ``hold`` seconds after the last call."""
+    return _running(
         spec,
-        command=["python3", "-c", RAW_CALLER],
-        env={
-            **spec.env,
-            "COMM": comm,
-            "KEEP": "1" if keep else "0",
-            "OPEN_PHASE": str(open_phase),
-            "HOLD": str(hold),
-        },
+        RAW_CALLER,
+        COMM=comm,
+        KEEP="1" if keep else "0",
+        OPEN_PHASE=str(open_phase),
+        HOLD=str(hold),
     )
+
+
+def _running(spec: ContainerSpec, script: str, **env: str) -> ContainerSpec:
+    """``spec`` (a ``caller``: its schedule, its socket) running ``script`` instead, with ``env``
+    added to its environment."""
+    return dataclasses.replace(spec, command=["python3", "-c", script], env={**spec.env, **env})

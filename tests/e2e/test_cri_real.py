@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -38,6 +36,7 @@ from harness import (
     is_alive,
 )
 from harness.generations import Generation
+from real_pods import cli, init_pid, members
 
 from ociresolve import Change, ContainerMeta, IndexedContainer, Resolver, read_bundle
 from ociresolve.cri.client import DEFAULT_TIMEOUT, GrpcCriClient, StatusReply
@@ -126,15 +125,6 @@ def poll(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
-
-
-def init_pid(containerd: Containerd, container_id: str) -> int:
-    return int((containerd.bundle_dir(container_id) / "init.pid").read_text())
-
-
-def members(pod: Pod) -> list[tuple[str, str | None]]:
-    """(container id, container name) of the sandbox (name None) and every container."""
-    return [(pod.sandbox_id, None), *((cid, name) for name, cid in pod.containers.items())]
 
 
 def expected(
@@ -612,17 +602,6 @@ def test_a_restarted_containerd_is_used_again(
         # Teardown through the restarted daemon; stop() raises if anything had to be forced.
 
 
-def _cli(containerd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
-    """``ociresolve ARGS``, run where containerd runs (its cgroup v2 view, if it has one)."""
-    return subprocess.run(
-        containerd.command([sys.executable, "-m", "ociresolve", *args]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_cli_lookup_in_cri_mode(
     containerd: Containerd, pod_factory: PodFactory, empty_root: str
 ) -> None:
@@ -633,7 +612,7 @@ def test_cli_lookup_in_cri_mode(
     options = ("--runtime-root", empty_root, "--cri-socket", socket)
     for container_id, name in members(pod):
         pid = init_pid(containerd, container_id)
-        result = _cli(containerd, "lookup", str(pid), *options, "--json", "--explain")
+        result = cli(containerd, "lookup", str(pid), *options, "--json", "--explain")
         assert result.returncode == 0, result.stderr
         row = json.loads(result.stdout)
         steps = row.pop("explain")
@@ -648,7 +627,7 @@ def test_cli_lookup_in_cri_mode(
         assert all(isinstance(s["ms"], int | float) and s["ms"] >= 0 for s in steps)
 
     # A host process: not in a container, so nothing is asked (exit 1, one step).
-    result = _cli(containerd, "lookup", str(os.getpid()), *options, "--json", "--explain")
+    result = cli(containerd, "lookup", str(os.getpid()), *options, "--json", "--explain")
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "not in a container" in result.stderr
     steps = json.loads(result.stderr.splitlines()[-1])["explain"]

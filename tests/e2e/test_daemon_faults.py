@@ -34,13 +34,13 @@ from harness import (
 )
 from harness.generations import DEFAULT
 from harness.introspection import V1ALPHA2, FakeIntrospection, parse_logfmt
+from real_pods import TIMEOUT, init_pid, poll
 
 from ociresolve import DaemonClient, DaemonUnavailable, IndexedContainer, RemoteResolver
 
 pytestmark = pytest.mark.e2e
 
 SLEEP = ["sleep", "3600"]
-TIMEOUT = 10.0  # seconds any one expected state may take to show; never reached when all is well
 IN_CONTAINER = "/run/containerd/containerd.sock"  # the socket dir, bind-mounted
 OPENED = "containerd socket connection opened"
 STOPPED = "containerd socket tracer stopped"
@@ -78,20 +78,8 @@ def serve(containerd: Containerd, socket_dir: Path, *more: str) -> DaemonProcess
     )
 
 
-def poll(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
 def members(pod: Pod) -> list[str]:
     return [pod.sandbox_id, *pod.containers.values()]
-
-
-def init_pid(containerd: Containerd, container_id: str) -> int:
-    return int((containerd.bundle_dir(container_id) / "init.pid").read_text())
 
 
 def listing(client: DaemonClient) -> dict[str, IndexedContainer]:

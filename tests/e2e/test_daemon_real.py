@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,14 +33,13 @@ from harness import (
     PodFactory,
     TracerProcess,
 )
+from real_pods import TIMEOUT, cli, expected_meta, fork_boottime, init_pid, members, poll
 
 from ociresolve import DaemonClient, IndexedContainer, RemoteResolver
 
 pytestmark = pytest.mark.e2e
 
 SLEEP = ["sleep", "3600"]
-TIMEOUT = 10.0  # seconds any one expected state may take to show; never reached when all is well
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 IN_CONTAINER = "/run/containerd/containerd.sock"  # the socket dir, bind-mounted
 OPENED = "containerd socket connection opened"
 STOPPED = "containerd socket tracer stopped"
@@ -89,44 +86,8 @@ def daemon(containerd: Containerd, socket_dir: Path) -> Iterator[DaemonProcess]:
         yield process
 
 
-def poll(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
 def boottime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-def init_pid(containerd: Containerd, container_id: str) -> int:
-    return int((containerd.bundle_dir(container_id) / "init.pid").read_text())
-
-
-def start_ticks(pid: int) -> int:
-    """``starttime`` of ``/proc/<pid>/stat``: clock ticks since boot when the process forked."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; fields 3.. follow the ")"
-
-
-def members(pod: Pod) -> list[tuple[str, str | None]]:
-    """(container id, container name) of the sandbox (name None) and every container."""
-    return [(pod.sandbox_id, None), *((cid, name) for name, cid in pod.containers.items())]
-
-
-def expected_meta(pod: Pod, container_id: str, name: str | None) -> dict[str, object]:
-    return {
-        "runtime": "containerd",
-        "container_type": "sandbox" if name is None else "container",
-        "container_id": container_id,
-        "sandbox_id": pod.sandbox_id,
-        "pod_name": pod.name,
-        "pod_namespace": pod.namespace,
-        "pod_uid": pod.uid,
-        "container_name": name,
-    }
 
 
 def meta_of(record: IndexedContainer) -> dict[str, object]:
@@ -267,17 +228,6 @@ class FirstSeen:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(TIMEOUT)
-
-
-def cli(containerd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
-    """``ociresolve ARGS``, run where containerd runs."""
-    return subprocess.run(
-        containerd.command([sys.executable, "-m", "ociresolve", *args]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 # -- two tracers, one daemon -------------------------------------------------------------------
@@ -421,7 +371,7 @@ def test_watchers_see_a_container_before_its_first_process_and_see_it_go(
             assert added.record is not None
             assert meta_of(added.record) == expected_meta(pod, cid, name)
             assert added.record.pid is None  # from config.json alone: no process yet
-            forked_at = start_ticks(init_pid(containerd, cid)) / CLK_TCK
+            forked_at = fork_boottime(init_pid(containerd, cid))
             assert added.boottime < forked_at, (
                 f"{name or 'sandbox'}: the watch got 'added' at {added.boottime:.3f}s, "
                 f"its first process forked at {forked_at:.2f}s"

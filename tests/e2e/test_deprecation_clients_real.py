@@ -11,33 +11,30 @@ occurrence between them.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cri_callers import (
+from cri_callers import IN_CONTAINER, calls_of, raw_caller, wait_for_calls
+from deprecation_setup import (
     CLIENT,
-    IN_CONTAINER,
     OPENED,
-    V1_VERSION,
-    V1ALPHA2_VERSION,
+    CallerPods,
     assert_recorded,
-    caller,
-    calls_of,
+    clients_json,
+    clients_table,
+    logged,
     new_occurrences,
-    ociresolve,
-    persistent_caller,
-    raw_caller,
+    print_untraced,
     reporting_daemon,
     rfc3339_ns,
-    wait,
-    wait_for_calls,
+    wait_for_occurrences,
 )
 from harness import Containerd, ContainerSpec, Mount, PodFactory
-from harness.introspection import V1ALPHA2, parse_logfmt
+from harness.introspection import V1ALPHA2
 
 pytestmark = [pytest.mark.e2e, pytest.mark.bpf, pytest.mark.containerd(v1alpha2_deprecation=True)]
 
@@ -63,15 +60,7 @@ def job_labels(job: str) -> dict[str, str]:
     }
 
 
-def clients_json(containerd: Containerd, daemon_socket: Path) -> list[dict[str, object]]:
-    result = ociresolve(
-        containerd, "deprecations", "--clients", "--json", "--daemon-socket", str(daemon_socket)
-    )
-    assert (result.returncode, result.stderr) == (0, ""), result
-    return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def confidence_of(rows: list[dict[str, object]], namespace: str, name: str) -> float:
+def confidence_of(rows: list[dict[str, Any]], namespace: str, name: str) -> float:
     found = [
         float(str(r["confidence"]))
         for r in rows
@@ -95,85 +84,35 @@ def test_three_persistent_connections_the_v1alpha2_one_stands_out(
     daemon = reporting_daemon(containerd, socket_dir)
     with daemon:
         start_ns = time.time_ns() + 9 * 1_000_000_000  # pods started, channels open
-        agent = pod_factory(
+        callers = CallerPods(containerd, pod_factory, ociresolve_image, start_ns)
+        agent = callers.pod(
+            "logging",
             "log-agent-x7k2p",
-            [
-                persistent_caller(
-                    containerd,
-                    ociresolve_image,
-                    "shipper",
-                    path=V1ALPHA2_VERSION,
-                    version="v1alpha2",
-                    start_ns=start_ns,
-                    period=PERIOD,
-                    calls=CALLS,
-                    open_phase=-4.0,
-                )
-            ],
-            namespace="logging",
+            "shipper",
+            api="v1alpha2",
+            period=PERIOD,
+            calls=CALLS,
+            open_phase=-4.0,
             labels=DAEMONSET,
         )
+        # Two agents keeping one connection (opened 5 and 3 s before the first call), two pods
+        # with a new connection per call (no open_phase).
         others = [
-            pod_factory(
-                "metrics-agent-5f7b9c8d4-q2x7z",
-                [
-                    persistent_caller(
-                        containerd,
-                        ociresolve_image,
-                        "app",
-                        path=V1_VERSION,
-                        version="v1",
-                        start_ns=start_ns,
-                        period=0.3,
-                        phase=0.15,
-                        calls=int(CALLS * PERIOD / 0.3),
-                        open_phase=-5.0,
-                    )
-                ],
-                namespace="monitoring",
-                labels=DEPLOYMENT,
-            ),
-            pod_factory(
-                "scanner-0",
-                [
-                    persistent_caller(
-                        containerd,
-                        ociresolve_image,
-                        "app",
-                        path=V1_VERSION,
-                        version="v1",
-                        start_ns=start_ns,
-                        period=3.1,
-                        phase=1.25,
-                        calls=int(CALLS * PERIOD / 3.1),
-                        open_phase=-3.0,
-                    )
-                ],
-                namespace="security",
-                labels=STATEFULSET,
-            ),
-        ]
-        others += [
-            pod_factory(
+            callers.pod(
+                namespace,
                 name,
-                [
-                    caller(
-                        containerd,
-                        ociresolve_image,
-                        "app",
-                        path=V1_VERSION,
-                        version="v1",
-                        start_ns=start_ns,
-                        period=period,
-                        phase=phase,
-                        calls=int(CALLS * PERIOD / period),
-                    )
-                ],
-                namespace=namespace,
+                api="v1",
+                period=period,
+                phase=phase,
+                calls=int(CALLS * PERIOD / period),
+                open_phase=open_phase,
+                labels=labels,
             )
-            for namespace, name, period, phase in (
-                ("shop", "web-5d8f9", 0.7, 0.35),
-                ("ops", "operator-6c2d", 1.3, 0.45),
+            for namespace, name, period, phase, open_phase, labels in (
+                ("monitoring", "metrics-agent-5f7b9c8d4-q2x7z", 0.3, 0.15, -5.0, DEPLOYMENT),
+                ("security", "scanner-0", 3.1, 1.25, -3.0, STATEFULSET),
+                ("shop", "web-5d8f9", 0.7, 0.35, None, None),
+                ("ops", "operator-6c2d", 1.3, 0.45, None, None),
             )
         ]
         silent = pod_factory(
@@ -191,19 +130,14 @@ def test_three_persistent_connections_the_v1alpha2_one_stands_out(
             namespace="backup",
             labels=job_labels(job),
         )
-        calls = wait_for_calls(containerd, agent, "shipper", CALLS)
-        assert all(call["api"] == "v1alpha2" for call in calls), calls
-        wait(lambda: len(new_occurrences(daemon)) >= CALLS, "a line per occurrence")
+        calls = wait_for_occurrences(containerd, daemon, agent, "shipper", CALLS)
         rows = clients_json(containerd, daemon.socket)
-        table = ociresolve(
-            containerd, "deprecations", "--clients", "--daemon-socket", str(daemon.socket)
-        )
+        table = clients_table(containerd, daemon.socket)
         for pod in others:
             made = [c for c in calls_of(pod, "app") if "call" in c]
             assert made and all(c["api"] == "v1" for c in made), (pod.name, made)
         daemon_pid = daemon.pid
-    lines = [parse_logfmt(line) for line in daemon.lines]
-    print("\n".join(line for line in daemon.lines if OPENED not in line))
+    print_untraced(daemon)
     print(table.stdout)
     assert_recorded(new_occurrences(daemon)[:CALLS], calls)
 
@@ -211,8 +145,7 @@ def test_three_persistent_connections_the_v1alpha2_one_stands_out(
     assert confidence_of(rows, "logging", "log-agent-x7k2p") >= 0.9, rows
     for pod in others:
         assert confidence_of(rows, pod.namespace, pod.name) <= 0.1, (pod.name, rows)
-    client_lines = [r for r in lines if r.get("msg") == CLIENT]
-    mine = [r for r in client_lines if r.get("pod") == "logging/log-agent-x7k2p"]
+    mine = [r for r in logged(daemon, CLIENT) if r.get("pod") == "logging/log-agent-x7k2p"]
     assert mine and mine[-1]["container"] == "shipper" and mine[-1]["comm"], mine
     assert mine[-1]["workload"] == "DaemonSet/log-agent", mine[-1]
     assert float(mine[-1]["confidence"]) >= 0.9, mine[-1]
@@ -242,45 +175,29 @@ def test_two_v1alpha2_clients_each_get_the_share_they_cause(
     daemon = reporting_daemon(containerd, socket_dir)
     with daemon:
         start_ns = time.time_ns() + 9 * 1_000_000_000
+        callers = CallerPods(containerd, pod_factory, ociresolve_image, start_ns)
         schedules = {"collector-6f4d8-b2n7x": (PERIOD, 0.0), "auditor-5c7f9-h4p2m": (3.0, 0.75)}
         pods = {
-            name: pod_factory(
+            name: callers.pod(
+                "legacy",
                 name,
-                [
-                    persistent_caller(
-                        containerd,
-                        ociresolve_image,
-                        "client",
-                        path=V1ALPHA2_VERSION,
-                        version="v1alpha2",
-                        start_ns=start_ns,
-                        period=period,
-                        phase=phase,
-                        calls=int(CALLS * PERIOD / period),
-                        open_phase=-4.0,
-                    )
-                ],
-                namespace="legacy",
+                "client",
+                api="v1alpha2",
+                period=period,
+                phase=phase,
+                calls=int(CALLS * PERIOD / period),
+                open_phase=-4.0,
             )
             for name, (period, phase) in schedules.items()
         }
-        pod_factory(
+        callers.pod(
+            "monitoring",
             "exporter-7b9c4-z5k8d",
-            [
-                persistent_caller(
-                    containerd,
-                    ociresolve_image,
-                    "app",
-                    path=V1_VERSION,
-                    version="v1",
-                    start_ns=start_ns,
-                    period=0.9,
-                    phase=0.4,
-                    calls=int(CALLS * PERIOD / 0.9),
-                    open_phase=-5.0,
-                )
-            ],
-            namespace="monitoring",
+            api="v1",
+            period=0.9,
+            phase=0.4,
+            calls=int(CALLS * PERIOD / 0.9),
+            open_phase=-5.0,
         )
         made = {
             name: wait_for_calls(containerd, pod, "client", int(CALLS * PERIOD / period))
@@ -324,22 +241,10 @@ def test_a_tenant_named_crictl_is_reported_a_host_crictl_is_not(
     daemon = reporting_daemon(containerd, socket_dir)
     with daemon:
         start_ns = time.time_ns() + 6 * 1_000_000_000
+        callers = CallerPods(containerd, pod_factory, ociresolve_image, start_ns)
+        shell = callers.spec("shell", api="v1alpha2", period=PERIOD, calls=6)
         tenant = pod_factory(
-            "debug-7x2k9",
-            [
-                raw_caller(
-                    containerd,
-                    ociresolve_image,
-                    "shell",
-                    comm="crictl",
-                    path=V1ALPHA2_VERSION,
-                    version="v1alpha2",
-                    start_ns=start_ns,
-                    period=PERIOD,
-                    calls=6,
-                )
-            ],
-            namespace="tenant-a",
+            "debug-7x2k9", [raw_caller(shell, comm="crictl")], namespace="tenant-a"
         )
         host = subprocess.run(
             containerd.command([sys.executable, "-c", HOST_CRICTL, str(containerd.socket)]),
@@ -349,12 +254,9 @@ def test_a_tenant_named_crictl_is_reported_a_host_crictl_is_not(
             check=False,
         )
         assert host.returncode == 0, host.stderr
-        calls = wait_for_calls(containerd, tenant, "shell", 6)
-        assert all(call.get("api") == "v1alpha2" for call in calls), calls
-        wait(lambda: len(new_occurrences(daemon)) >= 6, "a line per occurrence")
+        calls = wait_for_occurrences(containerd, daemon, tenant, "shell", 6)
         rows = clients_json(containerd, daemon.socket)
-    lines = [parse_logfmt(line) for line in daemon.lines]
-    traced = [r for r in lines if r.get("msg") == OPENED]
+    traced = logged(daemon, OPENED)
     print("\n".join(daemon.lines))
     assert_recorded(new_occurrences(daemon)[:6], calls)
 

@@ -19,26 +19,24 @@ import time
 from pathlib import Path
 
 import pytest
-from cri_callers import (
+from cri_callers import IN_CONTAINER, UNIMPLEMENTED, calls_of, wait
+from deprecation_setup import (
     CLIENT,
-    IN_CONTAINER,
     NEEDS_1_7,
     OPENED,
     RETRYING,
-    UNIMPLEMENTED,
-    V1_VERSION,
-    V1ALPHA2_VERSION,
+    CallerPods,
     assert_recorded,
-    caller,
-    calls_of,
-    log_of,
+    call_once,
+    clients_json,
+    clients_table,
+    logged,
     new_occurrences,
     ociresolve,
-    persistent_caller,
+    print_untraced,
     reporting_daemon,
     rfc3339_ns,
-    wait,
-    wait_for_calls,
+    wait_for_occurrences,
 )
 from harness import Containerd, DaemonProcess, PodFactory, TracerProcess
 from harness.introspection import V1ALPHA2, parse_logfmt
@@ -70,24 +68,9 @@ def test_a_real_v1alpha2_call_from_a_container_is_traced(
         enter=containerd.command,
     )
     with tracer:
-        pod = pod_factory(
-            "cri-v1alpha2-client-x8m9",
-            [
-                caller(
-                    containerd,
-                    ociresolve_image,
-                    "client",
-                    path=V1ALPHA2_VERSION,
-                    version="v1alpha2",
-                    start_ns=time.time_ns(),
-                    period=1.0,
-                )
-            ],
-            namespace="legacy",
+        pod, call = call_once(
+            containerd, pod_factory, ociresolve_image, "legacy", "cri-v1alpha2-client-x8m9"
         )
-        status = containerd.cri().wait_container_exit(pod.container_id("client"), timeout=60)
-        assert status.exit_code == 0, log_of(pod, "client")
-        (call,) = calls_of(pod, "client")
         # containerd answered on the v1alpha2 service, as v1alpha2.
         assert (call["runtime"], call["api"]) == ("containerd", "v1alpha2"), call
         line = tracer.wait_for(
@@ -115,24 +98,9 @@ def test_the_real_warnings_as_ctr_lists_them(
     one that no longer serves it (2.x) refuses the call (UNIMPLEMENTED) and records nothing.
     Either way ``ociresolve deprecations`` lists exactly what ``ctr deprecations list`` does."""
     generation = containerd.generation
-    pod = pod_factory(
-        "cri-v1alpha2-once-4k2j",
-        [
-            caller(
-                containerd,
-                ociresolve_image,
-                "client",
-                path=V1ALPHA2_VERSION,
-                version="v1alpha2",
-                start_ns=time.time_ns(),
-                period=1.0,
-            )
-        ],
-        namespace="legacy",
+    _, call = call_once(
+        containerd, pod_factory, ociresolve_image, "legacy", "cri-v1alpha2-once-4k2j"
     )
-    status = containerd.cri().wait_container_exit(pod.container_id("client"), timeout=60)
-    assert status.exit_code == 0, log_of(pod, "client")
-    (call,) = calls_of(pod, "client")
     socket = str(containerd.socket)
     result = ociresolve(containerd, "deprecations", "--json", "--containerd-socket", socket)
     assert (result.returncode, result.stderr) == (0, ""), result
@@ -188,61 +156,30 @@ def test_the_client_of_v1alpha2_is_named_with_high_confidence(
     daemon = reporting_daemon(containerd, socket_dir)
     with daemon:
         start_ns = time.time_ns() + 6 * 1_000_000_000  # time for the pods to start
-        namespace, name = CLIENT_POD
-        client = pod_factory(
-            name,
-            [
-                caller(
-                    containerd,
-                    ociresolve_image,
-                    "collector",
-                    path=V1ALPHA2_VERSION,
-                    version="v1alpha2",
-                    start_ns=start_ns,
-                    period=PERIOD,
-                    calls=CALLS,
-                )
-            ],
-            namespace=namespace,
-        )
+        callers = CallerPods(containerd, pod_factory, ociresolve_image, start_ns)
+        client = callers.pod(*CLIENT_POD, "collector", api="v1alpha2", period=PERIOD, calls=CALLS)
         innocents = [
-            pod_factory(
-                pod_name,
-                [
-                    caller(
-                        containerd,
-                        ociresolve_image,
-                        "app",
-                        path=V1_VERSION,
-                        version="v1",
-                        start_ns=start_ns,
-                        period=period,
-                        phase=phase,
-                        calls=int(CALLS * PERIOD / period) + 2,
-                    )
-                ],
-                namespace=pod_namespace,
+            callers.pod(
+                namespace,
+                name,
+                api="v1",
+                period=period,
+                phase=phase,
+                calls=int(CALLS * PERIOD / period) + 2,
             )
-            for pod_namespace, pod_name, period, phase in INNOCENTS
+            for namespace, name, period, phase in INNOCENTS
         ]
         container_id = client.container_id("collector")
-        calls = wait_for_calls(containerd, client, "collector", CALLS)
-        assert all(call["api"] == "v1alpha2" for call in calls), calls
-        wait(lambda: len(new_occurrences(daemon)) >= CALLS, "a line per occurrence")
-        result = ociresolve(
-            containerd, "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
-        )
-        table = ociresolve(
-            containerd, "deprecations", "--clients", "--daemon-socket", str(daemon.socket)
-        )
+        calls = wait_for_occurrences(containerd, daemon, client, "collector", CALLS)
+        rows = clients_json(containerd, daemon.socket)
+        table = clients_table(containerd, daemon.socket)
         for pod in innocents:
             for call in calls_of(pod, "app"):
                 assert call["api"] == "v1", (pod.name, call)
-    lines = [parse_logfmt(line) for line in daemon.lines]
     occurrences = new_occurrences(daemon)
-    clients = [r for r in lines if r.get("msg") == CLIENT]
-    traced = [r for r in lines if r.get("msg") == OPENED]
-    print("\n".join(line for line in daemon.lines if OPENED not in line))
+    clients = logged(daemon, CLIENT)
+    traced = logged(daemon, OPENED)
+    print_untraced(daemon)
     print(table.stdout)
 
     assert all(r["deprecation"] == V1ALPHA2 for r in occurrences)
@@ -261,8 +198,6 @@ def test_the_client_of_v1alpha2_is_named_with_high_confidence(
     assert all(float(r["confidence"]) < 0.3 for r in others), others
 
     # The summary on demand: the client on top, the innocent ones low.
-    assert (result.returncode, result.stderr) == (0, ""), result.stderr
-    rows = [json.loads(line) for line in result.stdout.splitlines()]
     top, *rest = rows
     assert (top["pod_namespace"], top["pod_name"], top["container"]) == (*CLIENT_POD, "collector")
     assert top["deprecation"] == V1ALPHA2
@@ -381,81 +316,49 @@ def test_a_client_keeping_one_connection_open_is_named(
     daemon = reporting_daemon(containerd, socket_dir)
     with daemon:
         start_ns = time.time_ns() + 8 * 1_000_000_000  # pods started, the channel open
-        namespace, name = PERSISTENT_POD
-        client = pod_factory(
-            name,
-            [
-                persistent_caller(
-                    containerd,
-                    ociresolve_image,
-                    "watcher",
-                    path=V1ALPHA2_VERSION,
-                    version="v1alpha2",
-                    start_ns=start_ns,
-                    period=PERIOD,
-                    calls=PERSISTENT_CALLS,
-                    open_phase=-4.0,
-                )
-            ],
-            namespace=namespace,
+        callers = CallerPods(containerd, pod_factory, ociresolve_image, start_ns)
+        client = callers.pod(
+            *PERSISTENT_POD,
+            "watcher",
+            api="v1alpha2",
+            period=PERIOD,
+            calls=PERSISTENT_CALLS,
+            open_phase=-4.0,
         )
         innocents = [
-            pod_factory(
-                pod_name,
-                [
-                    caller(
-                        containerd,
-                        ociresolve_image,
-                        "app",
-                        path=V1_VERSION,
-                        version="v1",
-                        start_ns=start_ns,
-                        period=period,
-                        phase=phase,
-                        calls=int(PERSISTENT_CALLS * PERIOD / period),
-                    )
-                ],
-                namespace=pod_namespace,
+            callers.pod(
+                namespace,
+                name,
+                api="v1",
+                period=period,
+                phase=phase,
+                calls=int(PERSISTENT_CALLS * PERIOD / period),
             )
-            for pod_namespace, pod_name, period, phase in PER_CALL_INNOCENTS
+            for namespace, name, period, phase in PER_CALL_INNOCENTS
         ]
         if PERSISTENT_INNOCENT is not None:
             other_namespace, other_name, open_phase = PERSISTENT_INNOCENT
             innocents.append(
-                pod_factory(
+                callers.pod(
+                    other_namespace,
                     other_name,
-                    [
-                        persistent_caller(
-                            containerd,
-                            ociresolve_image,
-                            "app",
-                            path=V1_VERSION,
-                            version="v1",
-                            start_ns=start_ns,
-                            period=PERIOD,
-                            phase=PERIOD / 2,
-                            calls=PERSISTENT_CALLS,
-                            open_phase=open_phase,
-                        )
-                    ],
-                    namespace=other_namespace,
+                    api="v1",
+                    period=PERIOD,
+                    phase=PERIOD / 2,
+                    calls=PERSISTENT_CALLS,
+                    open_phase=open_phase,
                 )
             )
         container_id = client.container_id("watcher")
-        calls = wait_for_calls(containerd, client, "watcher", PERSISTENT_CALLS)
-        assert all(call["api"] == "v1alpha2" for call in calls), calls
-        wait(lambda: len(new_occurrences(daemon)) >= PERSISTENT_CALLS, "a line per occurrence")
-        result = ociresolve(
-            containerd, "deprecations", "--clients", "--json", "--daemon-socket", str(daemon.socket)
-        )
+        calls = wait_for_occurrences(containerd, daemon, client, "watcher", PERSISTENT_CALLS)
+        rows = clients_json(containerd, daemon.socket)
         (opened,) = [c["opened"] for c in calls_of(client, "watcher") if "opened" in c]
         for pod in innocents:
             assert [c["api"] for c in calls_of(pod, "app") if "call" in c], pod.name
             assert all(c["api"] == "v1" for c in calls_of(pod, "app") if "call" in c)
-    lines = [parse_logfmt(line) for line in daemon.lines]
-    clients = [r for r in lines if r.get("msg") == CLIENT]
-    traced = [r for r in lines if r.get("msg") == OPENED]
-    print("\n".join(line for line in daemon.lines if OPENED not in line))
+    clients = logged(daemon, CLIENT)
+    traced = logged(daemon, OPENED)
+    print_untraced(daemon)
 
     # One connection, opened seconds before the first call.
     pod = "/".join(PERSISTENT_POD)
@@ -470,8 +373,7 @@ def test_a_client_keeping_one_connection_open_is_named(
     assert float(client_lines[-1]["confidence"]) >= 0.8, client_lines[-1]
     assert all(float(r["confidence"]) < 0.3 for r in clients if r.get("pod") != pod), clients
 
-    assert (result.returncode, result.stderr) == (0, ""), result.stderr
-    top, *rest = [json.loads(line) for line in result.stdout.splitlines()]
+    top, *rest = rows
     assert (top["pod_namespace"], top["pod_name"], top["container"]) == (*PERSISTENT_POD, "watcher")
     assert top["confidence"] >= 0.8 and top["container_id"] == container_id, top
     assert all(row["confidence"] < 0.3 for row in rest), rest

@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,14 +25,13 @@ from pathlib import Path
 import pytest
 from harness import Containerd, ContainerSpec, Mount, Pod, PodFactory
 from harness.cgroups import cgroup_mounts
+from real_pods import TIMEOUT, cli, expected_meta, fork_boottime, init_pid, members, poll
 
 from ociresolve import Change, ContainerMeta, IndexedContainer, Resolver
 
 pytestmark = pytest.mark.e2e
 
 SLEEP = ["sleep", "3600"]
-TIMEOUT = 10.0  # seconds any one expected change may take to show; never reached when all is well
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -101,14 +98,6 @@ def live(containerd: Containerd) -> Iterator[Callable[[float], Live]]:
         resolver.close()
 
 
-def poll(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-
-
 def cgroup2_mount() -> Path:
     """The cgroup v2 mount, from the mount table (not from the library under test)."""
     mounts = [m.path for m in cgroup_mounts() if m.version == 2]
@@ -129,38 +118,10 @@ def cgroup_dir(containerd: Containerd, container_id: str) -> Path:
     return cgroup2_mount() / str(linux["cgroupsPath"]).lstrip("/")
 
 
-def init_pid(containerd: Containerd, container_id: str) -> int:
-    return int((containerd.bundle_dir(container_id) / "init.pid").read_text())
-
-
-def start_ticks(pid: int) -> int:
-    """``starttime`` of ``/proc/<pid>/stat``: clock ticks since boot when the process forked."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; fields 3.. follow the ")"
-
-
-def expected_meta(pod: Pod, container_id: str, name: str | None) -> dict[str, object]:
-    return {
-        "runtime": "containerd",
-        "container_type": "sandbox" if name is None else "container",
-        "container_id": container_id,
-        "sandbox_id": pod.sandbox_id,
-        "pod_name": pod.name,
-        "pod_namespace": pod.namespace,
-        "pod_uid": pod.uid,
-        "container_name": name,
-    }
-
-
 def assert_is(meta: ContainerMeta | None, pod: Pod, container_id: str, name: str | None) -> None:
     assert meta is not None, f"{container_id[:12]} ({name or 'sandbox'}) did not resolve"
     got = {key: getattr(meta, key) for key in expected_meta(pod, container_id, name)}
     assert got == expected_meta(pod, container_id, name)
-
-
-def members(pod: Pod) -> list[tuple[str, str | None]]:
-    """(container id, container name) of the sandbox (name None) and every container."""
-    return [(pod.sandbox_id, None), *((cid, name) for name, cid in pod.containers.items())]
 
 
 @contextmanager
@@ -203,7 +164,7 @@ def test_every_container_is_indexed_before_its_first_process_starts(
         added = watch.changes.wait(container_id, "added")
         assert_is(added.record.meta, pod, container_id, name)
         pid = init_pid(containerd, container_id)
-        forked_at = start_ticks(pid) / CLK_TCK
+        forked_at = fork_boottime(pid)
         assert added.boottime < forked_at, (
             f"{name or 'sandbox'}: added at boottime {added.boottime:.3f}s, "
             f"its process {pid} forked at {forked_at:.2f}s"
@@ -389,17 +350,6 @@ def test_teardown_evicts_after_the_grace_period(
         assert container_id not in watch.resolver.index.meta_by_id
 
 
-def _cli(containerd: Containerd, *args: str) -> subprocess.CompletedProcess[str]:
-    """``ociresolve ARGS``, run where containerd runs (its cgroup v2 view, if it has one)."""
-    return subprocess.run(
-        containerd.command([sys.executable, "-m", "ociresolve", *args]),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) -> None:
     """The one-shot commands read the bundles on demand (``"source": "bundle"``)."""
     pod = pod_factory(
@@ -410,7 +360,7 @@ def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) ->
     root = str(containerd.state_dir)
     pids = {cid: init_pid(containerd, cid) for cid, _ in members(pod)}
     for container_id, name in members(pod):
-        result = _cli(
+        result = cli(
             containerd, "lookup", str(pids[container_id]), "--runtime-root", root, "--json"
         )
         assert result.returncode == 0, result.stderr
@@ -420,7 +370,7 @@ def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) ->
         )
         assert (row["pid"], row["source"]) == (pids[container_id], "bundle")
 
-    result = _cli(containerd, "list", "--runtime-root", root)
+    result = cli(containerd, "list", "--runtime-root", root)
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     assert header.split() == ["NAMESPACE", "POD", "CONTAINER", "TYPE", "RUNTIME", "ID", "PID"]
@@ -437,6 +387,6 @@ def test_cli_lookup_and_list(containerd: Containerd, pod_factory: PodFactory) ->
             str(pids[container_id]),
         ]
 
-    result = _cli(containerd, "lookup", str(os.getpid()), "--runtime-root", root)
+    result = cli(containerd, "lookup", str(os.getpid()), "--runtime-root", root)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "not in a container" in result.stderr

@@ -41,7 +41,6 @@ import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Literal
 
 import grpc
@@ -54,6 +53,7 @@ from .image import PAUSE_IMAGE, ImageSet, import_images, import_tarball
 from .mounts import MountEntry, mount_table
 from .namespace import CGROUP_ROOT, UnifiedCgroupNamespace
 from .procs import is_alive
+from .startstop import StartStop
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -114,7 +114,7 @@ def edit_config(text: str, settings: Mapping[tuple[str, str], ConfigValue]) -> s
     return "\n".join(lines) + "\n"
 
 
-class Containerd:
+class Containerd(StartStop):
     """A containerd daemon of ``generation`` with private root, state, sockets and cgroup parent.
 
     ``config_overrides`` sets more keys of the default config, by (table, key) as in
@@ -235,17 +235,6 @@ class Containerd:
                 self.stop()
             raise
         return self
-
-    def __enter__(self) -> Containerd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def stop(self) -> None:
         """Tear everything down; idempotent. Raises ``HarnessError`` after forced cleanup."""

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TypedDict, Unpack
 
 import grpc
 
@@ -181,6 +182,17 @@ class Pod:
             ) from None
 
 
+class PodOptions(TypedDict, total=False):
+    """The options of a pod, as ``CriClient.pod_config`` takes them (its defaults apply); the
+    ways of making a pod (``run_pod``, ``start_pod``, ``pod``, ``PodFactory``) pass them on."""
+
+    namespace: str
+    uid: str | None
+    labels: Mapping[str, str] | None
+    annotations: Mapping[str, str] | None
+    host_pid: bool
+
+
 class CriClient:
     """A blocking CRI ``RuntimeService`` client over a unix socket.
 
@@ -265,18 +277,9 @@ class CriClient:
             ),
         )
 
-    def run_pod(
-        self,
-        name: str,
-        namespace: str = "default",
-        uid: str | None = None,
-        *,
-        labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-    ) -> str:
+    def run_pod(self, name: str, **options: Unpack[PodOptions]) -> str:
         """Run a sandbox and return its id. Its config is kept for ``create_container``."""
-        config = self.pod_config(name, namespace, uid, labels=labels, annotations=annotations)
-        return self.run_pod_sandbox(config)
+        return self.run_pod_sandbox(self.pod_config(name, **options))
 
     def run_pod_sandbox(self, config: api_pb2.PodSandboxConfig) -> str:
         """Run a sandbox from a ready config (e.g. one changed after ``pod_config``)."""
@@ -443,30 +446,14 @@ class CriClient:
     # -- pods as a unit ------------------------------------------------------------------------
 
     def start_pod(
-        self,
-        name: str,
-        containers: Sequence[ContainerSpec],
-        *,
-        namespace: str = "default",
-        uid: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-        host_pid: bool = False,
+        self, name: str, containers: Sequence[ContainerSpec], **options: Unpack[PodOptions]
     ) -> Pod:
         """Run a sandbox, then create and start each container in order.
 
         On any failure, what was made so far is torn down before the error propagates.
         """
         privileged = any(s.security is not None and s.security.privileged for s in containers)
-        config = self.pod_config(
-            name,
-            namespace,
-            uid,
-            labels=labels,
-            annotations=annotations,
-            host_pid=host_pid,
-            privileged=privileged,
-        )
+        config = self.pod_config(name, privileged=privileged, **options)
         sandbox_id = self.run_pod_sandbox(config)
         ids: dict[str, str] = {}
         try:
@@ -493,7 +480,7 @@ class CriClient:
         return Pod(
             sandbox_id=sandbox_id,
             name=name,
-            namespace=namespace,
+            namespace=config.metadata.namespace,
             uid=config.metadata.uid,
             config=config,
             containers=ids,
@@ -501,26 +488,10 @@ class CriClient:
 
     @contextmanager
     def pod(
-        self,
-        name: str,
-        containers: Sequence[ContainerSpec],
-        *,
-        namespace: str = "default",
-        uid: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-        host_pid: bool = False,
+        self, name: str, containers: Sequence[ContainerSpec], **options: Unpack[PodOptions]
     ) -> Iterator[Pod]:
         """``start_pod`` as a context manager that tears the pod down on exit."""
-        started = self.start_pod(
-            name,
-            containers,
-            namespace=namespace,
-            uid=uid,
-            labels=labels,
-            annotations=annotations,
-            host_pid=host_pid,
-        )
+        started = self.start_pod(name, containers, **options)
         try:
             yield started
         finally:
@@ -578,24 +549,11 @@ class PodFactory:
         self,
         name: str = "pod",
         containers: Sequence[ContainerSpec] | None = None,
-        *,
-        namespace: str = "default",
-        uid: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        annotations: Mapping[str, str] | None = None,
-        host_pid: bool = False,
+        **options: Unpack[PodOptions],
     ) -> Pod:
         if containers is None:
             containers = [ContainerSpec("main", ["sleep", "3600"])]
-        pod = self.client.start_pod(
-            name,
-            containers,
-            namespace=namespace,
-            uid=uid,
-            labels=labels,
-            annotations=annotations,
-            host_pid=host_pid,
-        )
+        pod = self.client.start_pod(name, containers, **options)
         self.pods.append(pod)
         return pod
 

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .errors import HarnessError
+from .startstop import StartStop
 
 Enter = Callable[[Sequence[str], Path], list[str]]
 """How to run a command line somewhere else: ``(argv, cwd) -> argv`` (``Containerd.command``)."""
@@ -31,8 +32,53 @@ START_TIMEOUT = 60.0  # the tracer's BPF program, with --trace-connect, takes up
 STOP_TIMEOUT = 10.0
 _ROOT = Path(__file__).resolve().parents[2]
 
+T = TypeVar("T")
 
-class DaemonProcess:
+
+def spawn(command: Sequence[str], cwd: Path, enter: Enter | None) -> subprocess.Popen[str]:
+    """``command`` run in ``cwd``, where ``enter`` says (else here), unbuffered, its stdout and
+    stderr piped as text."""
+    return subprocess.Popen(
+        enter(command, cwd) if enter is not None else list(command),
+        cwd=cwd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="backslashreplace",
+    )
+
+
+def next_matching(
+    items: queue.Queue[T | None],
+    predicate: Callable[[T], bool],
+    timeout: float,
+    why: Callable[[str], str],
+    *,
+    item: str,
+    process: str,
+) -> T:
+    """The next of ``items`` (a reader thread's, None once its stream ended) that matches
+    ``predicate``; those before it are consumed. Raises ``HarnessError``, explained by ``why``,
+    when no ``item`` matched within ``timeout`` seconds or once ``process`` exited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HarnessError(why(f"no matching {item} within {timeout}s"))
+        try:
+            found = items.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if found is None:
+            items.put(None)  # keep reporting the end
+            raise HarnessError(why(f"{process} exited"))
+        if predicate(found):
+            return found
+
+
+class DaemonProcess(StartStop):
     """``python -m ociresolve serve --socket SOCKET --log-format json ARGS``.
 
     ``enter`` says how to run it where the runtime runs (``Containerd.command``: in the pure
@@ -85,16 +131,7 @@ class DaemonProcess:
             raise HarnessError("the daemon already runs")
         self.returncode = None
         self._logs = queue.Queue()
-        self._process = subprocess.Popen(
-            self.enter(self.command, _ROOT) if self.enter is not None else self.command,
-            cwd=_ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="backslashreplace",
-        )
+        self._process = spawn(self.command, _ROOT, self.enter)
         assert self._process.stdout is not None and self._process.stderr is not None
         self._readers = [
             threading.Thread(target=self._read_logs, args=(self._process.stderr,), daemon=True),
@@ -108,9 +145,6 @@ class DaemonProcess:
             self.kill()
             raise
         return self
-
-    def __enter__(self) -> DaemonProcess:
-        return self.start()
 
     def __exit__(
         self,
@@ -129,20 +163,9 @@ class DaemonProcess:
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0
     ) -> dict[str, Any]:
         """The next log record matching ``predicate``; records before it are consumed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise HarnessError(self._why(f"no matching log record within {timeout}s"))
-            try:
-                record = self._logs.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if record is None:
-                self._logs.put(None)  # keep reporting the end
-                raise HarnessError(self._why("the daemon exited"))
-            if predicate(record):
-                return record
+        return next_matching(
+            self._logs, predicate, timeout, self._why, item="log record", process="the daemon"
+        )
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> float:
         """SIGTERM; the seconds until it exited. Raises unless it exits with 0 in time."""

@@ -27,6 +27,8 @@ import grpc
 
 from ociresolve.deprecations import introspection_pb2
 
+from .startstop import StartStop
+
 V1ALPHA2: Final = "io.containerd.deprecation/cri-api-v1alpha2"
 # containerd's own message for it (pkg/deprecation in containerd 1.7).
 V1ALPHA2_MESSAGE: Final = (
@@ -45,7 +47,7 @@ def _raw(data: bytes) -> bytes:
     return data
 
 
-class FakeIntrospection:
+class FakeIntrospection(StartStop):
     """The stand-in (see the module). ``start()`` (or ``with``) serves on ``socket``;
     ``stop()`` removes the socket file. ``polls`` counts the ``Server`` calls answered."""
 
@@ -116,12 +118,6 @@ class FakeIntrospection:
         if down > 0:
             threading.Event().wait(down)
         self.start()
-
-    def __enter__(self) -> FakeIntrospection:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _server_call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         remaining = context.time_remaining()

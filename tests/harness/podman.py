@@ -45,7 +45,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from . import cgroups
@@ -54,6 +53,7 @@ from .image import PAUSE_IMAGE, ImageSet
 from .mounts import mount_table
 from .procs import is_alive
 from .requirements import INSTALL_HINT, root_requirements
+from .startstop import StartStop
 
 COMMAND_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
@@ -95,7 +95,7 @@ class PodmanPod:
     cgroup_path: str
 
 
-class Podman:
+class Podman(StartStop):
     """A private podman (see the module docstring). ``Podman(tmp_dir)`` only prepares;
     ``start()`` (or ``with``) writes the configs and checks that podman accepts them;
     ``stop()`` tears everything down and raises ``HarnessError`` if it had to clean up by force
@@ -148,17 +148,6 @@ class Podman:
                 self.stop()
             raise
         return self
-
-    def __enter__(self) -> Podman:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def stop(self) -> None:
         """Remove every pod and container, then the storage; idempotent. Raises

@@ -3,26 +3,24 @@ come, for the end-to-end tests and the demo."""
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from .daemon_process import Enter
+from .daemon_process import Enter, next_matching, spawn
 from .errors import HarnessError
+from .startstop import StartStop
 
 STARTED_MSG = "containerd socket tracer started"
 START_TIMEOUT = 60.0  # compiling and loading the BPF program takes 0.5-2.5 s on busy cores
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-class TracerProcess:
+class TracerProcess(StartStop):
     """``python -m ociresolve trace connect ARGS`` with its stdout read line by line (``python``:
     another interpreter, such as a fresh virtual environment's, run from ``cwd``).
 
@@ -53,17 +51,7 @@ class TracerProcess:
         self.stderr = ""
 
     def start(self, timeout: float = START_TIMEOUT) -> TracerProcess:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._process = subprocess.Popen(
-            self.enter(self.command, self.cwd) if self.enter is not None else self.command,
-            cwd=self.cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="backslashreplace",
-        )
+        self._process = spawn(self.command, self.cwd, self.enter)
         self._reader = threading.Thread(target=self._read, name="tracer-stdout", daemon=True)
         self._reader.start()
         try:
@@ -73,33 +61,11 @@ class TracerProcess:
             raise
         return self
 
-    def __enter__(self) -> TracerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def wait_for(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> str:
         """The next line matching ``predicate``; lines before it are consumed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise HarnessError(self._why(f"no matching tracer line within {timeout}s"))
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._queue.put(None)  # keep reporting the end
-                raise HarnessError(self._why("the tracer exited"))
-            if predicate(line):
-                return line
+        return next_matching(
+            self._queue, predicate, timeout, self._why, item="tracer line", process="the tracer"
+        )
 
     def stop(self, timeout: float = 20.0) -> list[str]:
         """SIGTERM, then the lines not consumed yet. Raises if it does not exit with 0."""

@@ -1,6 +1,6 @@
 """Helpers of the daemon tests: a fake node with a few containers, an API server over it on a
-short unix socket path (its services built as ``serve`` builds them), and raw HTTP/2 bytes for
-clients that misbehave on the wire."""
+short unix socket path (its services built as ``serve`` builds them), raw HTTP/2 bytes for
+clients that misbehave on the wire, and the tracer's feed into a reporter that records."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from fakehost import (
     CONTAINERD_ROOT,
@@ -28,12 +28,15 @@ from fakehost import (
     new_id,
 )
 
-from ociresolve import Resolver
+from ociresolve import ContainerMeta, IndexedContainer, Resolver
 from ociresolve.daemon.deprecations_service import DeprecationsService
+from ociresolve.daemon.feed import ReporterFeed
 from ociresolve.daemon.server import ApiServer, Service
 from ociresolve.daemon.service import ResolverService
+from ociresolve.hostpaths import HostPaths
 
 if TYPE_CHECKING:
+    from ociresolve.deprecations.correlate import Connection
     from ociresolve.deprecations.reporter import Reporter
 
 APP_PID, CRIO_PID, HOST_PID, FOREIGN_PID, MISSING_PID = 4242, 5151, 1, 6161, 999_999
@@ -91,6 +94,29 @@ def make_node(host: FakeHost) -> Node:
     host.set_proc_cgroup(HOST_PID, host_cgroup_file())
     host.set_proc_cgroup(FOREIGN_PID, containerd_cgroup_file(foreign, pod.uid))
     return Node(host, pod, app, crio, foreign, app_cgroup_id)
+
+
+def record(
+    cgroup_id: int | None = None,
+    *,
+    pid: int | None = None,
+    pod_name: str = "web",
+    bundles: str = "/bundles",
+) -> IndexedContainer:
+    """A record of a new container ``app`` of pod ``shop/<pod_name>``, on no node: for the
+    index itself (its bundle in ``bundles``, its cgroup id and PID as given)."""
+    cid = new_id()
+    meta = ContainerMeta(
+        runtime="containerd",
+        container_type="container",
+        container_id=cid,
+        sandbox_id=new_id(),
+        pod_name=pod_name,
+        pod_namespace="shop",
+        pod_uid="uid",
+        container_name="app",
+    )
+    return IndexedContainer(meta=meta, bundle=f"{bundles}/{cid}", cgroup_id=cgroup_id, pid=pid)
 
 
 @contextlib.contextmanager
@@ -223,3 +249,40 @@ def open_streams(path: Path | str, count: int, first: int = 1) -> socket.socket:
 
 def random_bytes(size: int) -> bytes:
     return os.urandom(size)
+
+
+# -- the tracer's feed -------------------------------------------------------------------------
+
+FEED_OFFSET: Final = 1_750_000_000 * 1_000_000_000  # the wall clock at monotonic 0, in ns
+
+
+def wall(monotonic_ns: int) -> int:
+    """The feed's wall clock: ``monotonic_ns`` + ``FEED_OFFSET``."""
+    return monotonic_ns + FEED_OFFSET
+
+
+class FakeReporter:
+    """Records what the feed tells the reporter; handles are 100, 101, ..."""
+
+    def __init__(self) -> None:
+        self.connections: list[Connection] = []
+        self.sends: list[tuple[int, int]] = []
+        self.closes: list[tuple[int, int]] = []
+
+    def connected(self, connection: Connection) -> int | None:
+        self.connections.append(connection)
+        return 100 + len(self.connections) - 1
+
+    def sent(self, handle: int, time_ns: int) -> None:
+        self.sends.append((handle, time_ns))
+
+    def closed(self, handle: int, close_ns: int) -> None:
+        self.closes.append((handle, close_ns))
+
+
+def fake_feed(host: Path, **options: Any) -> tuple[ReporterFeed, FakeReporter]:
+    """A feed reading ``<host>/proc`` on the ``wall`` clock, with the ``ReporterFeed``
+    ``options``, into a ``FakeReporter``."""
+    reporter = FakeReporter()
+    paths = HostPaths(str(host))
+    return ReporterFeed(reporter, wall, paths, **options), reporter  # type: ignore[arg-type]

@@ -11,10 +11,10 @@ from pathlib import Path
 import grpc
 import msgspec
 import pytest
-from daemonfakes import Node, make_node, resolver_service, serving, socket_dir
-from fakehost import FakeHost, Pod, containerd_spec, new_id, wait_until
+from daemonfakes import Node, record, resolver_service, serving, socket_dir
+from fakehost import Pod, containerd_spec, new_id, wait_until
 
-from ociresolve import ContainerMeta, IndexedContainer, OciresolveError, Resolver
+from ociresolve import IndexedContainer, OciresolveError, Resolver
 from ociresolve.api import api_pb2, api_pb2_grpc
 from ociresolve.api.client import DaemonClient, Watch
 from ociresolve.api.remote import RemoteResolver
@@ -25,24 +25,6 @@ from ociresolve.hostpaths import HostPaths
 from ociresolve.model import Change
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
-
-
-@pytest.fixture
-def resolver(node: Node) -> Iterator[Resolver]:
-    resolver = node.resolver(grace_period=0.5).start()
-    yield resolver
-    resolver.close()
-
-
-@pytest.fixture
-def server(resolver: Resolver, tmp_path: Path) -> Iterator[ApiServer]:
-    with socket_dir(tmp_path) as directory, serving(resolver, directory / "api.sock") as server:
-        yield server
 
 
 @pytest.fixture
@@ -133,18 +115,7 @@ def test_the_library_never_reads_a_path_given_as_an_id(node: Node) -> None:
 
 
 def bad_record() -> IndexedContainer:
-    cid = new_id()
-    meta = ContainerMeta(
-        runtime="containerd",
-        container_type="container",
-        container_id=cid,
-        sandbox_id=new_id(),
-        pod_name="broken",
-        pod_namespace="shop",
-        pod_uid="uid",
-        container_name="app",
-    )
-    return IndexedContainer(meta=meta, bundle=f"/nowhere/{cid}", pid=99_999_999_999)
+    return record(pid=99_999_999_999, pod_name="broken", bundles="/nowhere")
 
 
 def test_one_record_out_of_range_breaks_no_list_and_no_watch(

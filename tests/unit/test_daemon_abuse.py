@@ -20,8 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from daemonfakes import APP_PID, Node, make_node, resolver_service, serving
-from fakehost import FakeHost
+from daemonfakes import APP_PID, Node, resolver_service, serving
 
 from ociresolve import CgroupRef, OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient, LookupResult
@@ -30,11 +29,6 @@ from ociresolve.daemon.http import HttpServer
 
 HANG = 10.0  # only a guard against a hang
 SLOW_PID = 31337
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 class StuckProc:

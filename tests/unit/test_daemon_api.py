@@ -19,12 +19,11 @@ from daemonfakes import (
     MISSING_PID,
     Node,
     api_server,
-    make_node,
     resolver_service,
     serving,
     socket_dir,
 )
-from fakehost import FakeHost, Pod, containerd_spec, new_id, wait_until
+from fakehost import Pod, containerd_spec, new_id, wait_until
 
 from ociresolve import ContainerMeta, IndexedContainer, OciresolveError, Resolver
 from ociresolve.api import api_pb2, api_pb2_grpc
@@ -36,24 +35,6 @@ from ociresolve.errors import DaemonUnavailable
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 Event = tuple[WatchKind, IndexedContainer | None]
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
-
-
-@pytest.fixture
-def resolver(node: Node) -> Iterator[Resolver]:
-    resolver = node.resolver(grace_period=0.5).start()
-    yield resolver
-    resolver.close()
-
-
-@pytest.fixture
-def server(resolver: Resolver, tmp_path: Path) -> Iterator[ApiServer]:
-    with socket_dir(tmp_path) as directory, serving(resolver, directory / "api.sock") as server:
-        yield server
 
 
 @pytest.fixture

@@ -15,20 +15,13 @@ from daemonfakes import (
     HOST_PID,
     MISSING_PID,
     Node,
-    make_node,
     resolver_service,
     serving,
 )
-from fakehost import FakeHost
 
 from ociresolve import Resolver
 from ociresolve.cli import main
 from ociresolve.daemon.server import ApiServer
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonfakes import fake_feed, wall
 
 import ociresolve
 from ociresolve.daemon import feed as feed_module
@@ -21,7 +22,6 @@ from ociresolve.tracer.events import ConnectEvent, Kind
 
 S = 1_000_000_000
 MS = 1_000_000
-OFFSET = 1_750_000_000 * S  # the wall clock at monotonic 0
 SOCKET = "/run/containerd/containerd.sock"
 V1ALPHA2 = "io.containerd.deprecation/cri-api-v1alpha2"
 
@@ -47,31 +47,6 @@ def connect(
 
 def lifetime(kind: Kind, tgid: int, fd: int, at: int) -> ConnectEvent:
     return ConnectEvent(at, tgid, tgid, 0, "", "other", "", None, fd, kind)
-
-
-def wall(monotonic_ns: int) -> int:
-    return monotonic_ns + OFFSET
-
-
-class FakeReporter:
-    """Records what the feed tells the reporter; handles are 100, 101, ..."""
-
-    def __init__(self) -> None:
-        self.connections: list[Connection] = []
-        self.closes: list[tuple[int, int]] = []
-
-    def connected(self, connection: Connection) -> int | None:
-        self.connections.append(connection)
-        return 100 + len(self.connections) - 1
-
-    def closed(self, handle: int, close_ns: int) -> None:
-        self.closes.append((handle, close_ns))
-
-
-def fake_feed(host: Path) -> tuple[ReporterFeed, FakeReporter]:
-    """A feed reading ``<host>/proc``."""
-    reporter = FakeReporter()
-    return ReporterFeed(reporter, wall, HostPaths(str(host))), reporter  # type: ignore[arg-type]
 
 
 def write_comm(host: Path, pid: int, text: str) -> None:
@@ -152,7 +127,7 @@ def test_connections_carry_the_pod_the_wall_time_and_the_pid(tmp_path: Path) -> 
     feed.connected(connect(11, 5, 4 * S, comm="crictl"), HOST)
     pod, host = reporter.connections
     assert pod == Connection(
-        connect_ns=OFFSET + 3 * S,
+        connect_ns=wall(3 * S),
         pid=10,
         comm="event_engine",  # no /proc entry for it here
         pod_namespace="legacy",
@@ -173,9 +148,9 @@ def test_close_and_failed_end_the_connection_of_that_fd(tmp_path: Path) -> None:
     feed.lifetime(lifetime("close", 10, 5, 3 * S))
     feed.lifetime(lifetime("close", 10, 5, 4 * S))  # already ended: nothing
     feed.lifetime(lifetime("close", 10, 9, 4 * S))  # never connected: nothing
-    assert reporter.closes == [(101, OFFSET + 2 * S + 1 * MS), (100, OFFSET + 3 * S)]
+    assert reporter.closes == [(101, wall(2 * S + 1 * MS)), (100, wall(3 * S))]
     feed.lifetime(lifetime("exit", 11, -1, 5 * S))
-    assert reporter.closes[2:] == [(102, OFFSET + 5 * S)]
+    assert reporter.closes[2:] == [(102, wall(5 * S))]
     assert feed._open == {} and feed._fds == {}
 
 
@@ -187,9 +162,9 @@ def test_exit_ends_every_open_connection_of_its_process(tmp_path: Path) -> None:
     feed.lifetime(lifetime("close", 10, 6, 9 * S))
     feed.lifetime(lifetime("exit", 10, -1, 10 * S))
     assert sorted(reporter.closes) == [
-        (100, OFFSET + 10 * S),
-        (101, OFFSET + 9 * S),
-        (102, OFFSET + 10 * S),
+        (100, wall(10 * S)),
+        (101, wall(9 * S)),
+        (102, wall(10 * S)),
     ]
     feed.lifetime(lifetime("exit", 10, -1, 11 * S))  # twice: nothing more
     feed.lifetime(lifetime("exit", 30, -1, 11 * S))  # a process never seen
@@ -205,9 +180,9 @@ def test_an_fd_connected_again_without_a_close_ends_the_previous_connection(
     feed, reporter = fake_feed(tmp_path)
     feed.connected(connect(10, 5, 1 * S), IN_POD)  # 100
     feed.connected(connect(10, 5, 4 * S), IN_POD)  # 101
-    assert reporter.closes == [(100, OFFSET + 4 * S)]
+    assert reporter.closes == [(100, wall(4 * S))]
     feed.lifetime(lifetime("close", 10, 5, 6 * S))
-    assert reporter.closes == [(100, OFFSET + 4 * S), (101, OFFSET + 6 * S)]
+    assert reporter.closes == [(100, wall(4 * S)), (101, wall(6 * S))]
 
 
 def test_other_families_and_their_lifetimes_are_ignored(tmp_path: Path) -> None:
@@ -274,14 +249,14 @@ def test_at_most_max_open_connections_are_followed(
     # are.
     feed.lifetime(lifetime("close", 10, 5, 5 * S))
     feed.lifetime(lifetime("exit", 10, -1, 6 * S))
-    assert reporter.closes == [(101, OFFSET + 6 * S)]
+    assert reporter.closes == [(101, wall(6 * S))]
     # A process whose only followed connection was forgotten leaves nothing behind.
     feed.connected(connect(40, 5, 7 * S), HOST)  # 104
     feed.connected(connect(50, 5, 8 * S), HOST)  # 105: forgets (20, 5)
     assert list(feed._open) == [(30, 5), (40, 5), (50, 5)]
     assert 20 not in feed._fds
     feed.lifetime(lifetime("exit", 20, -1, 9 * S))
-    assert reporter.closes == [(101, OFFSET + 6 * S)]
+    assert reporter.closes == [(101, wall(6 * S))]
 
 
 def test_max_open_is_large() -> None:

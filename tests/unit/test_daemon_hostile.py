@@ -5,10 +5,11 @@ daemon's memory without bound, or crash it."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,18 +26,18 @@ from daemonfakes import (
     closed_by_peer,
     frame,
     grpc_headers,
-    make_node,
     open_streams,
     random_bytes,
     resolver_service,
     serving,
     unix_connect,
 )
-from fakehost import FakeHost, new_id
+from fakehost import new_id
 
 from ociresolve import OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient
 from ociresolve.daemon import server as server_module
+from ociresolve.daemon.server import ApiServer
 from ociresolve.errors import DaemonUnavailable
 from ociresolve.model import Resolution
 
@@ -47,15 +48,22 @@ DEADLINE = 1.0
 
 
 @pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
-
-
-@pytest.fixture
 def resolver(node: Node) -> Iterator[Resolver]:
     resolver = node.resolver().start()
     yield resolver
     resolver.close()
+
+
+@contextlib.contextmanager
+def held_open() -> Iterator[list[socket.socket]]:
+    """A list for the hostile clients' connections: each is closed when the block ends, however
+    it ends (also those added to it inside)."""
+    clients: list[socket.socket] = []
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
 
 
 def assert_answers(path: Path, node: Node, rounds: int = 5) -> None:
@@ -75,13 +83,10 @@ def test_connections_that_never_send_stall_nobody(
 ) -> None:
     path = sockets / "api.sock"
     with serving(resolver, path) as server:
-        idle = [unix_connect(path) for _ in range(200)]
-        try:
+        with held_open() as idle:
+            idle += [unix_connect(path) for _ in range(200)]
             assert_answers(path, node)
             assert server.serving
-        finally:
-            for client in idle:
-                client.close()
         assert_answers(path, node)
 
 
@@ -108,39 +113,44 @@ def test_a_connection_that_never_sends_is_dropped_after_the_handshake_timeout(
         assert_answers(path, node, rounds=1)
 
 
+def assert_dropped(
+    path: Path, server: ApiServer, node: Node, junk: Sequence[bytes], within: float
+) -> None:
+    """A connection per item of ``junk``, each sending it: the server closes each within
+    ``within`` seconds, serves on, and a well-behaved client gets its answers."""
+    clients = [unix_connect(path) for _ in junk]
+    for client, data in zip(clients, junk, strict=True):
+        client.sendall(data)
+    for client in clients:
+        assert closed_by_peer(client, within)
+        client.close()
+    assert server.serving
+    assert_answers(path, node)
+
+
 def test_garbage_is_dropped_at_once(node: Node, resolver: Resolver, sockets: Path) -> None:
     path = sockets / "api.sock"
     with serving(resolver, path) as server:
-        clients = [unix_connect(path) for _ in range(20)]
-        for client in clients:
-            client.sendall(random_bytes(4096))
-        for client in clients:
-            assert closed_by_peer(client, 2.0)
-            client.close()
-        assert server.serving
-        assert_answers(path, node)
+        assert_dropped(path, server, node, [random_bytes(4096) for _ in range(20)], within=2.0)
 
 
 def test_garbage_frames_after_a_valid_preface_are_dropped(
     node: Node, resolver: Resolver, sockets: Path
 ) -> None:
     path = sockets / "api.sock"
+    junk = []
+    for n in range(20):
+        # Each is a connection error at its frame header, so the peer closes at once (raw random
+        # bytes can spell a frame shorter than the maximum that a peer rightly waits for): a
+        # CONTINUATION with no HEADERS before it, or a frame announcing 16 MB.
+        if n % 2:
+            bad = b"\xff\xff\xff" + bytes([DATA, 0]) + b"\x00\x00\x00\x01"
+        else:
+            bad = frame(CONTINUATION, 0, 1, random_bytes(64))
+        junk.append(PREFACE + frame(SETTINGS, 0, 0) + bad + random_bytes(4096))
     with serving(resolver, path) as server:
-        clients = [unix_connect(path) for _ in range(20)]
-        for n, client in enumerate(clients):
-            # Each is a connection error at its frame header, so the peer closes at once (raw
-            # random bytes can spell a frame shorter than the maximum that a peer rightly waits
-            # for): a CONTINUATION with no HEADERS before it, or a frame announcing 16 MB.
-            if n % 2:
-                junk = b"\xff\xff\xff" + bytes([DATA, 0]) + b"\x00\x00\x00\x01"
-            else:
-                junk = frame(CONTINUATION, 0, 1, random_bytes(64))
-            client.sendall(PREFACE + frame(SETTINGS, 0, 0) + junk + random_bytes(4096))
-        for client in clients:
-            assert closed_by_peer(client, 5.0)  # 20 at once, on a loaded 2-core CI machine
-            client.close()
-        assert server.serving
-        assert_answers(path, node)
+        # 5 s: 20 at once, on a loaded 2-core CI machine
+        assert_dropped(path, server, node, junk, within=5.0)
 
 
 def test_a_few_calls_left_unfinished_stall_nobody(
@@ -148,12 +158,9 @@ def test_a_few_calls_left_unfinished_stall_nobody(
 ) -> None:
     path = sockets / "api.sock"
     with serving(resolver, path) as server:
-        hanging = [open_streams(path, 16) for _ in range(4)]
-        try:
+        with held_open() as hanging:
+            hanging += [open_streams(path, 16) for _ in range(4)]
             assert_answers(path, node)
-        finally:
-            for client in hanging:
-                client.close()
         assert server.serving
         assert_answers(path, node)
 
@@ -169,15 +176,12 @@ def test_calls_left_unfinished_cannot_lock_out_other_clients(
     with serving(resolver, path) as server:
         per_connection = 16
         connections = resolver_service(server).max_in_flight // per_connection + 2
-        hanging = [open_streams(path, per_connection) for _ in range(connections)]
-        try:
+        with held_open() as hanging:
+            hanging += [open_streams(path, per_connection) for _ in range(connections)]
             until = time.monotonic() + 1.5  # while the server takes every stream in
             while time.monotonic() < until:
                 assert_answers(path, node, rounds=1)
                 time.sleep(0.05)
-        finally:
-            for client in hanging:
-                client.close()
 
 
 def test_a_flood_beyond_the_concurrency_cap_is_refused_not_queued(
@@ -271,8 +275,7 @@ def test_the_daemon_survives_everything_at_once(
 ) -> None:
     path = sockets / "api.sock"
     with serving(resolver, path) as server:
-        clients: list[socket.socket] = []
-        try:
+        with held_open() as clients:
             clients += [unix_connect(path) for _ in range(50)]
             for _ in range(10):
                 garbage = unix_connect(path)
@@ -280,9 +283,6 @@ def test_the_daemon_survives_everything_at_once(
                 clients.append(garbage)
             clients += [open_streams(path, 8) for _ in range(4)]
             assert_answers(path, node)
-        finally:
-            for client in clients:
-                client.close()
         assert server.serving
         assert_answers(path, node)
 
@@ -292,14 +292,11 @@ def test_stopping_with_hostile_clients_connected_is_prompt(
 ) -> None:
     path = sockets / "api.sock"
     server = api_server(resolver, path).start()
-    clients = [unix_connect(path) for _ in range(20)]
-    clients += [open_streams(path, 8) for _ in range(4)]
-    try:
+    with held_open() as clients:
+        clients += [unix_connect(path) for _ in range(20)]
+        clients += [open_streams(path, 8) for _ in range(4)]
         started = time.monotonic()
         server.stop(0.5)
         assert time.monotonic() - started < 2.5
         assert not path.exists()
         assert not server.serving
-    finally:
-        for client in clients:
-            client.close()

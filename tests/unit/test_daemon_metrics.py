@@ -18,13 +18,12 @@ from daemonfakes import (
     FOREIGN_PID,
     HOST_PID,
     Node,
-    make_node,
     resolver_service,
     serving,
     socket_dir,
 )
 from fakecri import FakeCri, container_response, info_map, socket_path
-from fakehost import FakeHost, Pod, containerd_spec, new_id
+from fakehost import Pod, containerd_spec, new_id
 
 from ociresolve import OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient
@@ -71,11 +70,6 @@ def samples(text: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             found[key] = float(value)
     return found
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 @pytest.fixture

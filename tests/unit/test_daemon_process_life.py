@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonfakes import APP_PID, Node, api_server, free_port, make_node
-from fakehost import FakeHost
+from daemonfakes import APP_PID, Node, api_server, free_port
 
 from ociresolve import OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient
@@ -27,11 +26,6 @@ from ociresolve.daemon.server import ApiServer
 START_WITHIN = 20.0
 RACE_ROUNDS = 6
 CONTENDERS = 3
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 def serve(node: Node, path: Path) -> subprocess.Popen[str]:

@@ -21,19 +21,12 @@ from daemonfakes import (
     APP_PID,
     Node,
     free_port,
-    make_node,
 )
-from fakehost import FakeHost
 
 from ociresolve.cli import main
 
 READY_WITHIN = 15.0
 STOP_WITHIN = 2.0
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 @dataclass

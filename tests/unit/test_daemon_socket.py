@@ -10,18 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemonfakes import APP_PID, Node, api_server, make_node, serving, socket_dir
-from fakehost import FakeHost
+from daemonfakes import APP_PID, Node, api_server, serving, socket_dir
 
 from ociresolve import OciresolveError, Resolver
 from ociresolve.api.client import DaemonClient
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 @pytest.fixture

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from daemonfakes import Node, make_node, serving, socket_dir
+from daemonfakes import Node, serving, socket_dir
 from fakecri import socket_path
-from fakehost import FakeHost
 from fakeintrospection import V1ALPHA2, V1ALPHA2_MESSAGE, FakeIntrospection, warning
 from test_deprecations_reporter import attributed_reporter, reporter
 from tracerfakes import parse_logfmt
@@ -41,11 +40,6 @@ ServeApi = Callable[[Reporter | None], ApiServer]
 
 
 # -- deprecations --clients --------------------------------------------------------------------
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 @pytest.fixture

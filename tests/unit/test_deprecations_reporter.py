@@ -14,8 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from daemonfakes import Node, make_node, serving, socket_dir
-from fakehost import FakeHost
+from daemonfakes import Node, serving, socket_dir
 from fakeintrospection import V1ALPHA2
 from tracerfakes import parse_logfmt
 
@@ -258,11 +257,6 @@ def test_close_closes_the_source() -> None:
 # -- the DeprecatedApiClients RPC --------------------------------------------------------------
 
 ServeApi = Callable[[Reporter | None], ApiServer]
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemonfakes import fake_feed, wall
 
 import ociresolve
 from ociresolve.daemon import feed as feed_module
 from ociresolve.daemon.feed import ReporterFeed, own_tgid
-from ociresolve.deprecations.correlate import Connection, Correlator, Settings
+from ociresolve.deprecations.correlate import Correlator, Settings
 from ociresolve.deprecations.reporter import Reporter
 from ociresolve.hostpaths import HostPaths
 from ociresolve.tracer.attribution import Attribution
@@ -23,7 +24,6 @@ from ociresolve.tracer.events import ConnectEvent, Kind
 
 S = 1_000_000_000
 MS = 1_000_000
-OFFSET = 1_750_000_000 * S  # the wall clock at monotonic 0
 SOCKET = "/run/containerd/containerd.sock"
 V1ALPHA2 = "io.containerd.deprecation/cri-api-v1alpha2"
 
@@ -45,35 +45,6 @@ def connect(tgid: int, fd: int, at: int) -> ConnectEvent:
 
 def event(kind: Kind, tgid: int, fd: int, at: int) -> ConnectEvent:
     return ConnectEvent(at, tgid, tgid + 2, 77, "", "unix", "", None, fd, kind)
-
-
-def wall(monotonic_ns: int) -> int:
-    return monotonic_ns + OFFSET
-
-
-class FakeReporter:
-    """Records what the feed tells the reporter; handles are 100, 101, ..."""
-
-    def __init__(self) -> None:
-        self.connections: list[Connection] = []
-        self.sends: list[tuple[int, int]] = []
-        self.closes: list[tuple[int, int]] = []
-
-    def connected(self, connection: Connection) -> int | None:
-        self.connections.append(connection)
-        return 100 + len(self.connections) - 1
-
-    def sent(self, handle: int, time_ns: int) -> None:
-        self.sends.append((handle, time_ns))
-
-    def closed(self, handle: int, close_ns: int) -> None:
-        self.closes.append((handle, close_ns))
-
-
-def fake_feed(host: Path, **options: Any) -> tuple[ReporterFeed, FakeReporter]:
-    reporter = FakeReporter()
-    paths = HostPaths(str(host))
-    return ReporterFeed(reporter, wall, paths, **options), reporter  # type: ignore[arg-type]
 
 
 def socket_fd(host: Path, tgid: int, fd: int, target: str) -> None:

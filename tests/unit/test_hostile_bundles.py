@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from daemonfakes import Node, free_port, make_node
+from daemonfakes import Node, free_port
 from fakehost import CONTAINERD_ROOT, CRIO_ROOT, FakeHost, Pod, containerd_spec, crio_spec, new_id
 from inotify_simple import INotify
 
@@ -166,11 +166,6 @@ def place(host: FakeHost, hostile: Hostile) -> str:
 
 def good_ids(node: Node) -> set[str]:
     return {node.pod.sandbox_id, node.app, node.crio}
-
-
-@pytest.fixture
-def node(host: FakeHost) -> Node:
-    return make_node(host)
 
 
 # -- one read --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from daemonfakes import APP_PID, make_node
+from daemonfakes import APP_PID, make_node, record
 from fakehost import (
     FakeHost,
     Pod,
@@ -19,28 +19,12 @@ from fakehost import (
     wait_until,
 )
 
-from ociresolve import ContainerMeta, IndexedContainer
+from ociresolve import IndexedContainer
 from ociresolve.api.convert import to_messages
 from ociresolve.api.remote import RemoteResolver
 from ociresolve.entries import PID_MAX, read_pid_file
 from ociresolve.index import Index
 from ociresolve.model import Change
-
-
-def record(cgroup_id: int | None = None, *, pid: int | None = None) -> IndexedContainer:
-    cid = new_id()
-    meta = ContainerMeta(
-        runtime="containerd",
-        container_type="container",
-        container_id=cid,
-        sandbox_id=new_id(),
-        pod_name="web",
-        pod_namespace="shop",
-        pod_uid="uid",
-        container_name="app",
-    )
-    return IndexedContainer(meta=meta, bundle=f"/bundles/{cid}", cgroup_id=cgroup_id, pid=pid)
-
 
 # -- values range-checked where they are read ---------------------------------------------------
 
