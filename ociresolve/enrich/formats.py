@@ -120,8 +120,11 @@ class JsonFormat:
         self.paths = tuple(tuple(p.split(".")) if p else () for p in (pid_path, cgroup_path))
         names = {name for path in self.paths for name in path}
         # A key name on a path, as its JSON string: seen once in the raw line, it is there
-        # once (a string value holding it has its quotes escaped); seen more, check properly.
-        self._quoted = tuple(json.dumps(name).encode() for name in sorted(names))
+        # once (a string value holding it has its quotes escaped); seen more, or a line with a
+        # \u escape (which can spell a key another way: "p\u0069d"), check properly.
+        self._quoted = tuple(
+            json.dumps(name, ensure_ascii=False).encode() for name in sorted(names)
+        )
         self._names = frozenset(names)
         # Keys at the top level (the usual case): one dict.get each.
         self._flat = all(len(path) <= 1 for path in self.paths)
@@ -136,10 +139,13 @@ class JsonFormat:
             raise Unreadable(NOT_PARSED) from None
         if not isinstance(event, dict):
             raise Unreadable(NOT_PARSED)
-        for quoted in self._quoted:
-            if line.count(quoted) > 1:
-                self._check_unique(line)
-                break
+        if b"\\u" in line:
+            self._check_unique(line)
+        else:
+            for quoted in self._quoted:
+                if line.count(quoted) > 1:
+                    self._check_unique(line)
+                    break
         if self._flat:
             pid_key, cgroup_key = self._top
             return _keys(

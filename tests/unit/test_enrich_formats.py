@@ -103,6 +103,8 @@ def test_json_lines_it_does_not_read(line: bytes, reason: str) -> None:
         b'{"pid": 4242, "comm": "x", "pid": 1, "c": ""}',
         b'{"pid": 4242, "cgroup_id": 5, "comm": "x", "cgroup_id": 6}',
         b'{"pid": 4242, "pid": 4242}',  # even the same value: the line is not what it seems
+        b'{"pid": 4242, "comm": "x", "p\\u0069d": 1}',  # the key spelled with an escape
+        b'{"pid": 4242, "comm": "x", "\\u0070\\u0069\\u0064": 1}',
     ],
 )
 def test_json_a_key_given_twice_is_ambiguous(line: bytes) -> None:
@@ -112,6 +114,10 @@ def test_json_a_key_given_twice_is_ambiguous(line: bytes) -> None:
 def test_json_a_nested_key_given_twice_is_ambiguous() -> None:
     line = b'{"proc": {"pid": 1, "pid": 2}}'
     assert unreadable(JsonFormat("proc.pid", ""), line) == AMBIGUOUS
+    form = JsonFormat("größe", "")
+    assert unreadable(form, '{"größe": 1, "größe": 2}'.encode()) == AMBIGUOUS
+    assert unreadable(form, '{"größe": 1, "gr\\u00f6\\u00dfe": 2}'.encode()) == AMBIGUOUS
+    assert form.keys('{"größe": 7, "x": "\\u00e9"}'.encode()) == Keys(7, None)
 
 
 def test_json_fields_are_added_without_rewriting_the_line() -> None:
