@@ -382,7 +382,9 @@ class Workload:
         self._channel = grpc.insecure_channel(f"unix://{ctrd.socket}")
         stub = api_pb2_grpc.RuntimeServiceStub(self._channel)
         stub.Version(api_pb2.VersionRequest(version="v1"), timeout=CRI_TIMEOUT)  # connected now
-        self._exec = ExecSync(self._channel)
+        from harness.execsync import ExecSync
+
+        self._exec = ExecSync(self._channel, int(CRI_TIMEOUT))
         self._pending: list[grpc.Future[bytes]] = []
 
     def close(self) -> None:
@@ -417,7 +419,7 @@ class Workload:
         """Wait for the exec'd clients; each must have exited 0."""
         pending, self._pending = self._pending, []
         for future in pending:
-            exit_code = ExecSync.exit_code(future.result())
+            exit_code = self._exec.exit_code(future.result())
             if exit_code != 0:
                 raise RuntimeError(f"an exec'd client exited with {exit_code}")
 
@@ -430,66 +432,6 @@ class Workload:
                 if start <= at <= end and text.startswith("connected pid="):
                     found.append(Connect(kind, (NAMESPACE, kind.pod, container), at))
         return sorted(found, key=lambda c: c.at)
-
-
-class ExecSync:
-    """CRI ``ExecSync`` (what ``kubectl exec`` becomes), which the package's CRI stubs leave
-    out: the request's three fields and the response's exit code, encoded by hand."""
-
-    METHOD = "/runtime.v1.RuntimeService/ExecSync"
-
-    def __init__(self, channel: grpc.Channel) -> None:
-        # No (de)serializers: bytes in, bytes out.
-        self._call = channel.unary_unary(
-            self.METHOD, request_serializer=None, response_deserializer=None
-        )
-
-    def future(self, container_id: str, cmd: Sequence[str]) -> grpc.Future[bytes]:
-        request = _string(1, container_id) + b"".join(_string(2, arg) for arg in cmd)
-        request += _varint(3 << 3) + _varint(int(CRI_TIMEOUT))  # timeout, seconds
-        return self._call.future(request, timeout=CRI_TIMEOUT + 5)
-
-    @staticmethod
-    def exit_code(response: bytes) -> int:
-        """Field 3 of ``ExecSyncResponse`` (stdout and stderr, 1 and 2, are skipped)."""
-        at, code = 0, 0
-        while at < len(response):
-            tag, at = _read_varint(response, at)
-            if tag & 7 == 2:
-                size, at = _read_varint(response, at)
-                at += size
-            elif tag & 7 == 0:
-                value, at = _read_varint(response, at)
-                if tag >> 3 == 3:
-                    code = value - (1 << 64) if value >= 1 << 63 else value
-            else:
-                raise ValueError(f"unexpected wire type in ExecSyncResponse: {tag & 7}")
-        return code
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
-def _string(field: int, text: str) -> bytes:
-    data = text.encode()
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
 
 
 def _trigger(fifo: Path, line: str, timeout: float = 5.0) -> bool:

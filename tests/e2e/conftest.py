@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end deprecation tests (other modules may define their own)."""
+"""Fixtures of the end-to-end tests: a short directory for sockets, ``ociresolve serve`` on the
+session containerd, the ociresolve image (a module may define its own)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Containerd
+from harness import Containerd, DaemonProcess
 from harness.ociresolve_image import (
     OCIRESOLVE_IMAGE,
     build_ociresolve_image,
@@ -36,8 +37,20 @@ def ociresolve_image(containerd: Containerd) -> str:
 @pytest.fixture
 def socket_dir() -> Iterator[Path]:
     """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ociresolve-dep-"))
+    path = Path(tempfile.mkdtemp(prefix="ociresolve-e2e-"))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(containerd: Containerd, socket_dir: Path) -> Iterator[DaemonProcess]:
+    """``ociresolve serve`` on the session containerd, ready; stopped (exit 0) at the end."""
+    process = DaemonProcess(
+        socket_dir / "ociresolve.sock",
+        ["--runtime-root", str(containerd.state_dir), "--cri-socket", str(containerd.socket)],
+        enter=containerd.command,
+    )
+    with process:
+        yield process

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -52,16 +50,6 @@ RESYNC_BACKOFF = 2.0
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ociresolve-api-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def serve(containerd: Containerd, socket_dir: Path, *more: str) -> DaemonProcess:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,33 +55,6 @@ META_FIELDS = (
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ociresolve-api-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon(containerd: Containerd, socket_dir: Path) -> Iterator[DaemonProcess]:
-    """``ociresolve serve`` on the session containerd, ready; stopped (exit 0) at the end."""
-    process = DaemonProcess(
-        socket_dir / "ociresolve.sock",
-        [
-            "--runtime-root",
-            str(containerd.state_dir),
-            "--cri-socket",
-            str(containerd.socket),
-        ],
-        enter=containerd.command,
-    )
-    with process:
-        yield process
 
 
 def boottime() -> float:

@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import grpc
 import pytest
 from harness import (
     Containerd,
@@ -40,6 +39,7 @@ from harness import (
 )
 from harness.cgroups import cgroup_mounts
 from harness.daemon_process import Enter
+from harness.execsync import exec_sync
 from harness.image import build_unixconnect
 
 pytestmark = pytest.mark.e2e
@@ -229,56 +229,6 @@ def cgroup_id(pid: int) -> int:
         if entry.startswith("0::"):
             return (v2 / entry[3:].lstrip("/")).stat().st_ino
     raise AssertionError(f"process {pid} is in no cgroup v2")
-
-
-# -- CRI ExecSync: what kubectl exec becomes; the package's CRI stubs leave it out ----------------
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _string(number: int, text: str) -> bytes:
-    data = text.encode()
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def exec_sync(socket: Path, container_id: str, argv: Sequence[str], timeout: int = 10) -> int:
-    """Run ``argv`` in a running container through CRI ``ExecSync`` (``ExecSyncRequest``:
-    container_id = 1, cmd = 2, timeout = 3); its exit code (``ExecSyncResponse`` field 3)."""
-    request = _string(1, container_id) + b"".join(_string(2, arg) for arg in argv)
-    request += _varint(3 << 3) + _varint(timeout)
-    with grpc.insecure_channel(f"unix://{socket}") as channel:
-        call = channel.unary_unary(
-            "/runtime.v1.RuntimeService/ExecSync",
-            request_serializer=None,
-            response_deserializer=None,
-        )
-        response: bytes = call(request, timeout=timeout + 5)
-    at, code = 0, 0
-    while at < len(response):  # stdout (1) and stderr (2) are skipped
-        tag = response[at]  # the field numbers are below 16: one byte
-        value, at = _read_varint(response, at + 1)
-        if tag & 7 == 2:
-            at += value
-        elif tag >> 3 == 3:
-            code = value - (1 << 64) if value >= 1 << 63 else value
-    return code
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at, shift = at + 1, shift + 7
-        if not byte & 0x80:
-            return value, at
 
 
 # -- the test ----------------------------------------------------------------------------------

@@ -14,9 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,28 +69,6 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert built.returncode == 0, f"examples/go/build failed:\n{built.stdout}{built.stderr}"
     assert built.stdout == built.stderr == "", "the build is quiet when it succeeds"
     return binary
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    """A short private directory for unix sockets (pytest's tmp paths can exceed 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="ociresolve-go-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def daemon(containerd: Containerd, socket_dir: Path) -> Iterator[DaemonProcess]:
-    """``ociresolve serve`` on the session containerd, ready; stopped (exit 0) at the end."""
-    process = DaemonProcess(
-        socket_dir / "ociresolve.sock",
-        ["--runtime-root", str(containerd.state_dir), "--cri-socket", str(containerd.socket)],
-        enter=containerd.command,
-    )
-    with process:
-        yield process
 
 
 def run_go(
